@@ -116,7 +116,7 @@ def _coerce(key: str, text: Any, current: Any) -> Any:
     raise ConfigError(f"{key}: cannot set a value of type {type(current).__name__}")
 
 
-def override(cfg: Any, values: dict[str, Any]) -> Any:
+def override(cfg: Any, values: dict[str, Any], _prefix: str = "") -> Any:
     """Return a copy of ``cfg`` with dotted ``values`` set (strings are parsed
     as TOML values, so ``0.5``, ``true``, ``"a"`` and ``[1, 2]`` all work).
 
@@ -127,7 +127,8 @@ def override(cfg: Any, values: dict[str, Any]) -> Any:
     for key in values:
         if key not in valid:
             raise ConfigError(
-                f"unknown config key {key!r}; did you mean {_closest(key, valid)!r}?"
+                f"unknown config key {_prefix + key!r}; did you mean "
+                f"{_prefix + _closest(key, valid)!r}?"
             )
     grouped: dict[str, dict[str, Any]] = {}
     changes: dict[str, Any] = {}
@@ -136,9 +137,9 @@ def override(cfg: Any, values: dict[str, Any]) -> Any:
         if rest:
             grouped.setdefault(head, {})[rest] = text
         else:
-            changes[head] = _coerce(key, text, valid[key])
+            changes[head] = _coerce(_prefix + key, text, valid[key])
     for head, sub in grouped.items():
-        changes[head] = override(getattr(cfg, head), sub)
+        changes[head] = override(getattr(cfg, head), sub, f"{_prefix}{head}.")
     return dataclasses.replace(cfg, **changes)
 
 
