@@ -34,7 +34,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from estimators.metrics import _as_1d, _check_finite, _check_same_length
+from estimators.metrics import (
+    _as_1d,
+    _check_finite,
+    _check_same_length,
+    _Plain,
+)
 from sim.config import ConfigError, check
 
 __all__ = [
@@ -135,7 +140,8 @@ def estimate_error(
     check(estimator in ESTIMATORS, "estimator", "one of " + ", ".join(ESTIMATORS),
           estimator)
     errors = _check_errors(errors)
-    check(errors.size > 0, "errors", "at least one observed cell", "0 cells")
+    check(errors.size > 0, "errors", "non-empty (at least one observed cell)",
+          _Plain("0 cells"))
     if propensity is None and estimator == "naive":
         propensity = np.ones_like(errors)
     check(propensity is not None, "propensity",
@@ -183,7 +189,8 @@ def estimate_error(
 
 def _check_full(errors_all: Any, p_all: Any) -> tuple[np.ndarray, np.ndarray]:
     errors_all = _check_errors(errors_all, "errors_all")
-    check(errors_all.size > 0, "errors_all", "at least one cell", "0 cells")
+    check(errors_all.size > 0, "errors_all", "non-empty (at least one cell)",
+          _Plain("0 cells"))
     p_all = _check_propensity(p_all, "p_all")
     _check_same_length(p_all, "p_all", errors_all, "errors_all")
     return errors_all, p_all

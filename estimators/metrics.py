@@ -27,10 +27,17 @@ __all__ = ["LOSSES", "cell_errors", "mse", "mae"]
 LOSSES = ("mse", "mae")
 
 
+class _Plain(str):
+    """A description shown as is in an error message (no quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _as_1d(values: Any, name: str) -> np.ndarray:
     """Return ``values`` as a 1-D float array, refusing other ranks."""
     array = np.asarray(values, dtype=float)
-    check(array.ndim == 1, name, "a 1-D array", f"shape {array.shape}")
+    check(array.ndim == 1, name, "a 1-D array", _Plain(f"shape {array.shape}"))
     return array
 
 
@@ -103,7 +110,7 @@ def cell_errors(
 def _mean_error(predictions: Any, ratings: Any, loss: str,
                 clip: tuple[float, float] | None) -> float:
     errors = cell_errors(predictions, ratings, loss, clip)
-    check(errors.size > 0, "predictions", "a non-empty array", "0 cells")
+    check(errors.size > 0, "predictions", "a non-empty array", _Plain("0 cells"))
     return float(errors.mean())
 
 

@@ -45,7 +45,8 @@ def test_returns_python_float():
 
 
 REFUSALS = [
-    ("empty", lambda: mse([], []), "predictions must be a non-empty array, got '0 cells'"),
+    ("empty", lambda: mse([], []),
+     "predictions must be a non-empty array, got 0 cells$"),
     ("empty-mae", lambda: mae([], []), "predictions must be a non-empty array"),
     ("length", lambda: mse([1.0, 2.0], [1.0]),
      r"ratings must have the same length as predictions \(2\), got 1"),
@@ -54,12 +55,13 @@ REFUSALS = [
     ("inf-truth", lambda: mae([1.0, 2.0], [math.inf, 2.0]),
      r"ratings must be finite, got inf \(index 0\)"),
     ("rank", lambda: mse([[1.0]], [[1.0]]),
-     r"predictions must be a 1-D array, got 'shape \(1, 1\)'"),
+     r"predictions must be a 1-D array, got shape \(1, 1\)$"),
     ("clip-order", lambda: mse(PRED, TRUTH, clip=(5, 1)),
      r"clip must be None or a pair \(low, high\) with low < high, got \(5, 1\)"),
     ("clip-nan", lambda: mse(PRED, TRUTH, clip=(1, math.nan)),
      "clip must be None or a pair"),
-    ("clip-len", lambda: mse(PRED, TRUTH, clip=(1, 3, 5)), "clip must be None or a pair"),
+    ("clip-len", lambda: mse(PRED, TRUTH, clip=(1, 3, 5)),
+     "clip must be None or a pair"),
     ("loss", lambda: cell_errors(PRED, TRUTH, "rmse"),
      "loss must be one of mse, mae, got 'rmse'"),
 ]
