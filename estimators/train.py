@@ -1,0 +1,712 @@
+"""One training loop for every explicit-feedback objective.
+
+:func:`fit` trains matrix factorisation (:mod:`estimators.models`) on one of
+the objectives of :mod:`estimators.objectives` (``naive``, ``ips``, ``snips``,
+``dr``) with minibatches, and stops early on a validation estimate that is
+debiased the same way as the objective. :func:`search` repeats the fit for
+every L2 strength of ``train.l2_grid`` and keeps the best by that estimate.
+
+How it runs. A whole epoch is one compiled program: the training set is
+shuffled with ``jax.random`` inside it, cut into ``ceil(n / batch_size)``
+minibatches (the last one padded, its padding masked out of every sum), and
+``jax.lax.scan`` walks over them. The learning rate, the L2 strength, the
+ratings and the propensities are traced arguments, so fits that differ only
+in those (other grid points, other propensity estimates) reuse one compiled
+program; only shapes, the objective and the optimiser select a program.
+
+Two optimisers:
+
+- ``adam``: optax's Adam (Kingma and Ba, ICLR 2015) over the dense parameter
+  tables. Every row moves at every step (momentum keeps untouched rows
+  moving), so a step costs O((n_users + n_items) * dim).
+- ``sparse``: a row-sparse ("lazy") Adam written here. A step gathers the rows
+  the minibatch touches, takes the gradient with respect to those gathered
+  copies, and updates the first and second moments and the parameters of
+  those rows only; rows not touched keep their moments unchanged (they do not
+  decay), and each row keeps its own step count for the bias correction, so a
+  row seen for the t-th time is corrected by ``1 - beta^t``. A step costs
+  O(batch_size * dim). Duplicates: when a row occurs several times in one
+  minibatch, the gradients of its occurrences are summed first (a sort and a
+  segment sum), so the row gets exactly one Adam step with the gradient of
+  the minibatch loss, as dense Adam would compute it; every occurrence then
+  writes the same new value. The global bias ``mu`` gets an ordinary Adam step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from estimators.models import Params, init_mf, predict_mf
+from estimators.objectives import (
+    OBJECTIVES,
+    WEIGHTED,
+    Batch,
+    dr_imputation,
+    dr_prediction,
+    ips,
+    naive,
+    sample_weights,
+    snips,
+)
+from sim.config import check, check_range
+
+__all__ = [
+    "RatingData",
+    "TrainConfig",
+    "DRConfig",
+    "FitResult",
+    "OPTIMIZERS",
+    "fit",
+    "search",
+    "check_inputs",
+]
+
+OPTIMIZERS = ("adam", "sparse")
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # Adam's defaults, for both optimisers
+
+
+class RatingData(NamedTuple):
+    """Ratings of one split, every array (n,).
+
+    ``users`` in [0, n_users) and ``items`` in [0, n_items) (integers),
+    ``ratings`` (any finite reals), ``propensity`` the probability that the
+    cell lands in THIS split (observation propensity times split fraction),
+    in (0, 1]; ``None`` is allowed for ``naive``.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    propensity: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (keys ``train.*``).
+
+    dim: latent factors per user and item. optimizer: ``adam`` or ``sparse``.
+    lr: learning rate (step size). l2: L2 strength used by :func:`fit`;
+    l2_grid: strengths tried by :func:`search`. batch_size: ratings per
+    minibatch. max_epochs: passes over the training set at most. patience:
+    epochs without a better validation estimate before stopping. init_scale:
+    standard deviation of the initial factors.
+    """
+
+    dim: int = 16
+    optimizer: str = "adam"
+    lr: float = 0.01
+    l2: float = 1e-3
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    batch_size: int = 1024
+    max_epochs: int = 50
+    patience: int = 5
+    init_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_int(self.dim, "train.dim", 1)
+        check(
+            self.optimizer in OPTIMIZERS,
+            "train.optimizer",
+            "one of " + ", ".join(map(repr, OPTIMIZERS)),
+            self.optimizer,
+        )
+        check_range(self.lr, "train.lr", 0.0, low_open=True)
+        check_range(self.l2, "train.l2", 0.0)
+        check(
+            isinstance(self.l2_grid, tuple) and len(self.l2_grid) > 0,
+            "train.l2_grid",
+            "a non-empty tuple of numbers >= 0",
+            self.l2_grid,
+        )
+        for value in self.l2_grid:
+            check_range(value, "train.l2_grid", 0.0)
+        _check_int(self.batch_size, "train.batch_size", 1)
+        _check_int(self.max_epochs, "train.max_epochs", 1)
+        _check_int(self.patience, "train.patience", 1)
+        check_range(self.init_scale, "train.init_scale", 0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class DRConfig:
+    """Doubly robust settings (keys ``dr.*``).
+
+    unobserved_ratio: uniformly drawn cells per training rating in each
+    minibatch, ``M = round(unobserved_ratio * batch_size)`` (at least 1).
+    """
+
+    unobserved_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range(self.unobserved_ratio, "dr.unobserved_ratio", 0.0, low_open=True)
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` and :func:`search` return.
+
+    params: the best prediction-model parameters (numpy arrays, see
+    :mod:`estimators.models`). l2: the L2 strength used. epochs_run: epochs
+    trained. best_epoch: the epoch (1-based) whose parameters are kept.
+    valid_estimate: the validation estimate at ``best_epoch``. history: the
+    validation estimate after every epoch. max_weight and ess: the largest
+    per-sample weight and the effective sample size ``(sum w)^2 / sum w^2``
+    of the training set's weights as the objective uses them (see
+    :func:`estimators.objectives.sample_weights`).
+    """
+
+    params: dict[str, np.ndarray]
+    l2: float
+    epochs_run: int
+    best_epoch: int
+    valid_estimate: float
+    history: list[float]
+    max_weight: float
+    ess: float
+
+
+def _check_int(value: Any, key: str, low: int) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    check(ok and value >= low, key, f"an integer >= {low}", value)
+
+
+# ---------------------------------------------------------------------------
+# Validation at the boundary
+
+
+def _first_bad(bad: np.ndarray) -> int:
+    return int(np.flatnonzero(bad)[0])
+
+
+def _check_split(
+    name: str, data: Any, n_users: int, n_items: int, need_propensity: str | None
+) -> None:
+    check(isinstance(data, RatingData), name, "a RatingData", type(data).__name__)
+    fields = ["users", "items", "ratings"]
+    if data.propensity is not None:
+        fields.append("propensity")
+    arrays = {field: np.asarray(getattr(data, field)) for field in fields}
+    for field, array in arrays.items():
+        check(array.ndim == 1, f"{name}.{field}", "a 1-d array", array.shape)
+    length = arrays["users"].shape[0]
+    for field, array in arrays.items():
+        check(
+            array.shape[0] == length,
+            f"{name}.{field}",
+            f"of the same length as {name}.users ({length})",
+            array.shape[0],
+        )
+    check(length > 0, name, "non-empty (at least one rating)", length)
+
+    for field, bound in (("users", n_users), ("items", n_items)):
+        ids = arrays[field]
+        check(
+            np.issubdtype(ids.dtype, np.integer),
+            f"{name}.{field}",
+            "integer ids",
+            ids.dtype.name,
+        )
+        bad = (ids < 0) | (ids >= bound)
+        if bad.any():
+            k = _first_bad(bad)
+            check(False, f"{name}.{field}", f"in [0, {bound})", _Shown(ids[k], k))
+
+    ratings = arrays["ratings"]
+    check(
+        np.issubdtype(ratings.dtype, np.number) and ratings.dtype != bool,
+        f"{name}.ratings",
+        "numbers",
+        ratings.dtype.name,
+    )
+    bad = ~np.isfinite(ratings)
+    if bad.any():
+        k = _first_bad(bad)
+        check(False, f"{name}.ratings", "finite", _Shown(ratings[k], k))
+
+    if data.propensity is None:
+        if need_propensity is not None:
+            check(
+                False,
+                f"{name}.propensity",
+                f"given for objective {need_propensity!r}",
+                None,
+            )
+        return
+    propensity = arrays["propensity"]
+    check(
+        np.issubdtype(propensity.dtype, np.number) and propensity.dtype != bool,
+        f"{name}.propensity",
+        "numbers",
+        propensity.dtype.name,
+    )
+    bad = ~((propensity > 0) & (propensity <= 1))  # also catches NaN
+    if bad.any():
+        k = _first_bad(bad)
+        check(False, f"{name}.propensity", "in (0, 1]", _Shown(propensity[k], k))
+
+
+class _Shown:
+    """A bad value and its index, printed as ``0.0 (index 3)``."""
+
+    def __init__(self, value: Any, index: int) -> None:
+        self.value, self.index = value, index
+
+    def __repr__(self) -> str:
+        return f"{self.value.item()!r} (index {self.index})"
+
+
+def check_inputs(
+    objective: str,
+    train: RatingData,
+    valid: RatingData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    dr: DRConfig,
+) -> None:
+    """Refuse bad arguments of :func:`fit` with a ``ConfigError`` naming the
+    field, the accepted range and the value received."""
+    check(
+        objective in OBJECTIVES,
+        "objective",
+        "one of " + ", ".join(map(repr, OBJECTIVES)),
+        objective,
+    )
+    _check_int(n_users, "n_users", 1)
+    _check_int(n_items, "n_items", 1)
+    check(isinstance(cfg, TrainConfig), "cfg", "a TrainConfig", type(cfg).__name__)
+    check(isinstance(dr, DRConfig), "dr", "a DRConfig", type(dr).__name__)
+    need = objective if objective in WEIGHTED else None
+    _check_split("train", train, n_users, n_items, need)
+    _check_split("valid", valid, n_users, n_items, need)
+
+
+# ---------------------------------------------------------------------------
+# Optimisers
+
+
+class _SparseAdamState(NamedTuple):
+    step: jax.Array  # () int32, steps taken by the global bias mu
+    user_steps: jax.Array  # (n_users,) int32, steps taken by each user row
+    item_steps: jax.Array  # (n_items,) int32
+    first: Params  # first moments, same tree as the parameters
+    second: Params  # second moments
+
+
+_ROW_LEAVES = {
+    "user_bias": "users",
+    "user_factors": "users",
+    "item_bias": "items",
+    "item_factors": "items",
+}
+
+_ADAM = optax.scale_by_adam(b1=_BETA1, b2=_BETA2, eps=_EPS)
+
+
+def _init_opt(optimizer: str, params: Params):
+    if optimizer == "adam":
+        return _ADAM.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return _SparseAdamState(
+        step=jnp.zeros((), jnp.int32),
+        user_steps=jnp.zeros(params["user_bias"].shape, jnp.int32),
+        item_steps=jnp.zeros(params["item_bias"].shape, jnp.int32),
+        first=zeros,
+        second=jax.tree.map(jnp.zeros_like, params),
+    )
+
+
+def _gather_rows(params: Params, users: jax.Array, items: jax.Array) -> Params:
+    """A parameter tree whose row k is the row of ``users[k]`` / ``items[k]``."""
+    return {
+        "mu": params["mu"],
+        "user_bias": params["user_bias"][users],
+        "item_bias": params["item_bias"][items],
+        "user_factors": params["user_factors"][users],
+        "item_factors": params["item_factors"][items],
+    }
+
+
+def _adam_moments(first, second, grad, steps):
+    first = _BETA1 * first + (1 - _BETA1) * grad
+    second = _BETA2 * second + (1 - _BETA2) * grad**2
+    steps = steps.astype(first.dtype)
+    first_hat = first / (1 - _BETA1**steps)
+    second_hat = second / (1 - _BETA2**steps)
+    return first, second, first_hat / (jnp.sqrt(second_hat) + _EPS)
+
+
+def _sorted_segments(ids: jax.Array):
+    """Sort ``ids`` (K,); return the order, the sorted ids and, for each sorted
+    position, the index of its run of equal ids (0, 0, 1, 2, 2, ...)."""
+    order = jnp.argsort(ids)
+    sorted_ids = ids[order]
+    new_run = (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), new_run])
+    return order, sorted_ids, jnp.cumsum(starts)
+
+
+def _sparse_adam_update(params, state, local_grads, users, items, lr):
+    """One lazy-Adam step on the rows ``users`` (K,) and ``items`` (K,), given
+    the gradients ``local_grads`` with respect to the gathered rows."""
+    step = state.step + 1
+    first_mu, second_mu, direction = _adam_moments(
+        state.first["mu"], state.second["mu"], local_grads["mu"], step
+    )
+    new_params = dict(params, mu=params["mu"] - lr * direction)
+    first = dict(state.first, mu=first_mu)
+    second = dict(state.second, mu=second_mu)
+    new_steps = {}
+    for side, ids, steps in (
+        ("users", users, state.user_steps),
+        ("items", items, state.item_steps),
+    ):
+        order, sorted_ids, run = _sorted_segments(ids)
+        n_runs = ids.shape[0]
+        row_steps = steps[sorted_ids] + 1
+        new_steps[side] = steps.at[sorted_ids].set(row_steps)
+        for leaf, leaf_side in _ROW_LEAVES.items():
+            if leaf_side != side:
+                continue
+            grad = local_grads[leaf][order]
+            summed = jax.ops.segment_sum(
+                grad, run, num_segments=n_runs, indices_are_sorted=True
+            )[run]
+            row_shape = (-1,) + (1,) * (grad.ndim - 1)
+            m, v, direction = _adam_moments(
+                state.first[leaf][sorted_ids],
+                state.second[leaf][sorted_ids],
+                summed,
+                row_steps.reshape(row_shape),
+            )
+            rows = params[leaf][sorted_ids] - lr * direction
+            new_params[leaf] = params[leaf].at[sorted_ids].set(rows)
+            first[leaf] = state.first[leaf].at[sorted_ids].set(m)
+            second[leaf] = state.second[leaf].at[sorted_ids].set(v)
+    new_state = _SparseAdamState(
+        step, new_steps["users"], new_steps["items"], first, second
+    )
+    return new_params, new_state
+
+
+def _update(optimizer, params, opt_state, loss_of, users, items, lr):
+    """One optimiser step on ``loss_of(params, users, items)``."""
+    if optimizer == "adam":
+        grads = jax.grad(loss_of)(params, users, items)
+        updates, opt_state = _ADAM.update(grads, opt_state)
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        return params, opt_state
+    local = _gather_rows(params, users, items)
+    positions = jnp.arange(users.shape[0])
+    local_grads = jax.grad(loss_of)(local, positions, positions)
+    return _sparse_adam_update(params, opt_state, local_grads, users, items, lr)
+
+
+# ---------------------------------------------------------------------------
+# The compiled epoch
+
+
+class _Spec(NamedTuple):
+    """What selects a compiled program (static)."""
+
+    objective: str
+    optimizer: str
+    batch_size: int
+    n_batches: int
+    n_cells_drawn: int  # M, uniform cells per minibatch for DR
+    n_users: int
+    n_items: int
+
+
+class _Hyper(NamedTuple):
+    """Traced scalars: changing them never recompiles."""
+
+    lr: jax.Array
+    l2: jax.Array
+    density: jax.Array  # n_train / N
+    inv_cells: jax.Array  # 1 / N
+
+
+class _State(NamedTuple):
+    params: Params
+    opt_state: Any
+    imputation_params: Any  # None unless objective == "dr"
+    imputation_opt_state: Any
+
+
+_SINGLE_PHASE = {"naive": naive, "ips": ips, "snips": snips}
+
+# Incremented each time the epoch program is traced; tests read it to check
+# that changing lr, l2 or the propensities does not recompile.
+_TRACE_COUNT = [0]
+
+
+def _draw_cells(key, spec: _Spec) -> tuple[jax.Array, jax.Array]:
+    """M cells drawn uniformly (with replacement) from all N cells."""
+    key_users, key_items = jax.random.split(key)
+    shape = (spec.n_cells_drawn,)
+    cell_users = jax.random.randint(key_users, shape, 0, spec.n_users)
+    cell_items = jax.random.randint(key_items, shape, 0, spec.n_items)
+    return cell_users, cell_items
+
+
+def _step(state: _State, batch: Batch, key, hyper: _Hyper, spec: _Spec) -> _State:
+    size = spec.batch_size
+    if spec.objective != "dr":
+        loss = _SINGLE_PHASE[spec.objective]
+
+        def loss_of(params, users, items):
+            local = batch._replace(users=users, items=items)
+            return loss(params, local, hyper.l2, hyper.density)
+
+        params, opt_state = _update(
+            spec.optimizer, state.params, state.opt_state, loss_of,
+            batch.users, batch.items, hyper.lr,
+        )
+        return state._replace(params=params, opt_state=opt_state)
+
+    # Doubly robust joint learning: prediction phase, then imputation phase.
+    cell_users, cell_items = _draw_cells(key, spec)
+    imputed = predict_mf(state.imputation_params, batch.users, batch.items)
+    imputed_cells = predict_mf(state.imputation_params, cell_users, cell_items)
+
+    def prediction_loss(params, users, items):
+        local = batch._replace(users=users[:size], items=items[:size])
+        return dr_prediction(
+            params, local, imputed, users[size:], items[size:], imputed_cells,
+            hyper.l2, hyper.density,
+        )
+
+    params, opt_state = _update(
+        spec.optimizer, state.params, state.opt_state, prediction_loss,
+        jnp.concatenate([batch.users, cell_users]),
+        jnp.concatenate([batch.items, cell_items]),
+        hyper.lr,
+    )
+    predicted = predict_mf(params, batch.users, batch.items)
+
+    def imputation_loss(imputation_params, users, items):
+        local = batch._replace(users=users, items=items)
+        return dr_imputation(
+            imputation_params, local, predicted, hyper.l2, hyper.density
+        )
+
+    imputation_params, imputation_opt_state = _update(
+        spec.optimizer, state.imputation_params, state.imputation_opt_state,
+        imputation_loss, batch.users, batch.items, hyper.lr,
+    )
+    return _State(params, opt_state, imputation_params, imputation_opt_state)
+
+
+def _valid_estimate(params, valid, hyper: _Hyper, spec: _Spec) -> jax.Array:
+    """Naive MSE on valid for ``naive``; otherwise the IPS estimate of the
+    full-matrix MSE, (1/N) sum_valid e / p_valid."""
+    users, items, ratings, propensity = valid
+    error = (predict_mf(params, users, items) - ratings) ** 2
+    if spec.objective == "naive":
+        return jnp.mean(error)
+    return jnp.sum(error / propensity) * hyper.inv_cells
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec):
+    """One pass over the training set; returns the new state and the
+    validation estimate of the new parameters."""
+    _TRACE_COUNT[0] += 1
+    users, items, ratings, propensity = train
+    n_train = users.shape[0]
+    size, n_batches = spec.batch_size, spec.n_batches
+    n_pad = n_batches * size - n_train
+    key_order, key_cells = jax.random.split(key)
+
+    order = jnp.concatenate(
+        [jax.random.permutation(key_order, n_train), jnp.zeros((n_pad,), jnp.int32)]
+    ).reshape(n_batches, size)
+    mask = jnp.concatenate(
+        [jnp.ones((n_train,), ratings.dtype), jnp.zeros((n_pad,), ratings.dtype)]
+    ).reshape(n_batches, size)
+    cell_keys = jax.random.split(key_cells, n_batches)
+
+    def body(state, inputs):
+        rows, real, cell_key = inputs
+        batch = Batch(
+            users=users[rows],
+            items=items[rows],
+            ratings=ratings[rows],
+            propensity=jnp.where(real > 0, propensity[rows], 1.0),
+            mask=real,
+        )
+        return _step(state, batch, cell_key, hyper, spec), None
+
+    state, _ = jax.lax.scan(body, state, (order, mask, cell_keys))
+    return state, _valid_estimate(state.params, valid, hyper, spec)
+
+
+# ---------------------------------------------------------------------------
+# Public entry points
+
+
+def _device_split(data: RatingData) -> tuple[jax.Array, ...]:
+    n = np.asarray(data.users).shape[0]
+    propensity = np.ones(n) if data.propensity is None else data.propensity
+    return (
+        jnp.asarray(np.asarray(data.users, np.int32)),
+        jnp.asarray(np.asarray(data.items, np.int32)),
+        jnp.asarray(np.asarray(data.ratings, np.float32)),
+        jnp.asarray(np.asarray(propensity, np.float32)),
+    )
+
+
+def _diagnostics(objective: str, train: RatingData, density: float):
+    n = np.asarray(train.users).shape[0]
+    if objective == "naive" or train.propensity is None:
+        weights = np.ones(n)
+    else:
+        propensity = np.asarray(train.propensity, np.float64)
+        weights = sample_weights(objective, propensity, density)
+    ess = weights.sum() ** 2 / np.sum(weights**2)
+    return float(weights.max()), float(ess)
+
+
+def fit(
+    objective: str,
+    train: RatingData,
+    valid: RatingData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    dr: DRConfig,
+    key: jax.Array,
+) -> FitResult:
+    """Train matrix factorisation on ``objective`` with L2 strength ``cfg.l2``.
+
+    Args:
+        objective: ``naive``, ``ips``, ``snips`` or ``dr`` (see
+            :mod:`estimators.objectives`).
+        train, valid: the training and validation ratings. Weighted objectives
+            need ``propensity`` in both; ``valid.propensity`` drives the
+            early-stopping estimate.
+        n_users, n_items: sizes of the rating matrix, ``N = n_users * n_items``.
+        cfg: training settings; ``dr``: settings of the doubly robust objective.
+        key: a ``jax.random`` key; the same key gives identical parameters.
+
+    Early stopping watches the naive MSE on ``valid`` for ``naive`` and the
+    IPS estimate ``(1/N) sum_valid e / p_valid`` for the others, keeps the
+    parameters of the best epoch and stops after ``cfg.patience`` epochs
+    without improvement. A diverged run (non-finite estimate) stops with a
+    warning, or raises ``FloatingPointError`` if no epoch was finite.
+    """
+    check_inputs(objective, train, valid, n_users, n_items, cfg, dr)
+    return _fit_checked(objective, train, valid, n_users, n_items, cfg, dr, key)
+
+
+def _fit_checked(objective, train, valid, n_users, n_items, cfg, dr, key):
+    n_train = int(np.asarray(train.users).shape[0])
+    n_cells = n_users * n_items
+    density = n_train / n_cells
+    train_arrays, valid_arrays = _device_split(train), _device_split(valid)
+    spec = _Spec(
+        objective=objective,
+        optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        n_batches=-(-n_train // cfg.batch_size),
+        n_cells_drawn=max(1, round(dr.unobserved_ratio * cfg.batch_size)),
+        n_users=n_users,
+        n_items=n_items,
+    )
+    hyper = _Hyper(
+        lr=jnp.float32(cfg.lr),
+        l2=jnp.float32(cfg.l2),
+        density=jnp.float32(density),
+        inv_cells=jnp.float32(1.0 / n_cells),
+    )
+
+    key_model, key_imputation, key_train = jax.random.split(key, 3)
+    mean = float(np.mean(np.asarray(train.ratings, np.float64)))
+    params = init_mf(key_model, n_users, n_items, cfg.dim, cfg.init_scale, mean)
+    if objective == "dr":
+        imputation = init_mf(
+            key_imputation, n_users, n_items, cfg.dim, cfg.init_scale, mean
+        )
+        imputation_opt = _init_opt(cfg.optimizer, imputation)
+    else:
+        imputation = imputation_opt = None
+    opt_state = _init_opt(cfg.optimizer, params)
+    state = _State(params, opt_state, imputation, imputation_opt)
+
+    best, best_params, best_epoch, stale = math.inf, params, 0, 0
+    history: list[float] = []
+    for epoch in range(1, cfg.max_epochs + 1):
+        epoch_key = jax.random.fold_in(key_train, epoch)
+        state, estimate = _epoch(
+            state, train_arrays, valid_arrays, hyper, epoch_key, spec
+        )
+        estimate = float(estimate)
+        history.append(estimate)
+        if not math.isfinite(estimate):
+            if best_epoch == 0:
+                raise FloatingPointError(
+                    f"training diverged: the validation estimate is {estimate} "
+                    f"after epoch {epoch}; lower train.lr (now {cfg.lr})"
+                )
+            warnings.warn(
+                f"training diverged at epoch {epoch} (validation estimate "
+                f"{estimate}); stopped and kept epoch {best_epoch}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            break
+        if estimate < best:
+            best, best_params, best_epoch, stale = estimate, state.params, epoch, 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+
+    max_weight, ess = _diagnostics(objective, train, density)
+    return FitResult(
+        params=jax.tree.map(np.asarray, best_params),
+        l2=float(cfg.l2),
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        valid_estimate=best,
+        history=history,
+        max_weight=max_weight,
+        ess=ess,
+    )
+
+
+def search(
+    objective: str,
+    train: RatingData,
+    valid: RatingData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    dr: DRConfig,
+    key: jax.Array,
+) -> FitResult:
+    """Fit once for every L2 strength in ``cfg.l2_grid`` (same key, same epoch
+    budget for every method) and return the fit with the lowest validation
+    estimate; its ``l2`` field records the strength chosen. Arguments as for
+    :func:`fit`; ``cfg.l2`` itself is ignored."""
+    check_inputs(objective, train, valid, n_users, n_items, cfg, dr)
+    best: FitResult | None = None
+    for l2 in cfg.l2_grid:
+        result = _fit_checked(
+            objective, train, valid, n_users, n_items,
+            dataclasses.replace(cfg, l2=float(l2)), dr, key,
+        )
+        if best is None or result.valid_estimate < best.valid_estimate:
+            best = result
+    assert best is not None
+    return best
