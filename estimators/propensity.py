@@ -305,11 +305,12 @@ def popularity_propensity(item_counts: Any, n_users: int, power: float = 0.5
     with n_i = ``item_counts[i]`` the number of logged ratings of item i and
     U = ``n_users``, so that the expected number of logged cells
     sum_i U p_i equals the number actually logged, sum_i n_i. This is the
-    popularity-based propensity of Yang, Cui, Zhuang, Tsai, Jain and Chen,
-    "Unbiased offline recommender evaluation for missing-not-at-random
-    implicit feedback" (RecSys 2018), who use power = 0.5 on the observed
-    popularity. It knows nothing about the rating, so selection on the rating
-    is left uncorrected. Items never logged get p_i = 0 for power > 0; no
+    form of the popularity-based propensity of Yang, Cui, Xuan, Wang, Belongie
+    and Estrin, "Unbiased offline recommender evaluation for
+    missing-not-at-random implicit feedback" (RecSys 2018): a power law in
+    the observed item popularity, here with the exponent a free parameter
+    (default 0.5) and one scale for all users. It knows nothing about the
+    rating, so selection on the rating is left uncorrected. Items never logged get p_i = 0 for power > 0; no
     logged cell needs their weight, and ``apply_floor`` lifts them if one is
     wanted. Values above 1 are clipped to 1 with a warning.
 
