@@ -310,9 +310,10 @@ def popularity_propensity(item_counts: Any, n_users: int, power: float = 0.5
     missing-not-at-random implicit feedback" (RecSys 2018): a power law in
     the observed item popularity, here with the exponent a free parameter
     (default 0.5) and one scale for all users. It knows nothing about the
-    rating, so selection on the rating is left uncorrected. Items never logged get p_i = 0 for power > 0; no
-    logged cell needs their weight, and ``apply_floor`` lifts them if one is
-    wanted. Values above 1 are clipped to 1 with a warning.
+    rating, so selection on the rating is left uncorrected. Items never
+    logged get p_i = 0 for power > 0; no logged cell needs their weight, and
+    ``apply_floor`` lifts them if one is wanted. Values above 1 are clipped
+    to 1 with a warning.
 
     Args:
         item_counts: (I,) logged ratings per item, whole numbers in
