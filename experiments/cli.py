@@ -1,0 +1,140 @@
+"""The `biaslab` command: list, show, run, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from sim.config import ConfigError, from_dict, override, to_toml
+
+__all__ = ["main", "build_config"]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("biaslab")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``["a.b=1", ...]`` -> ``{"a.b": "1"}``; refuses an item without '='."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set must be key=value, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def build_config(name: str, config_file: str | None, sets: list[str]):
+    """The default config of ``name``, then the TOML file, then ``--set`` items."""
+    from experiments import registry
+
+    experiment = registry.get(name)
+    cfg = experiment.Config()
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as err:
+            raise ConfigError(f"--config must be a readable TOML file, got "
+                              f"{config_file!r} ({err.strerror})") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"--config must be valid TOML, got {config_file!r} "
+                              f"({err})") from None
+        cfg = from_dict(cfg, data)
+    if sets:
+        cfg = override(cfg, parse_sets(sets))
+    return cfg.resolve()
+
+
+def _cmd_list(args) -> int:
+    from experiments import registry
+
+    width = max(len(n) for n in registry.names())
+    for name in registry.names():
+        print(f"{name:<{width}}  {registry.SUMMARIES[name]}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    cfg = build_config(args.experiment, args.config, args.set or [])
+    print(f"# default config of {args.experiment}; pass a copy with --config FILE")
+    print(to_toml(cfg), end="")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from experiments import registry
+    from experiments.runner import run_experiment
+
+    experiment = registry.get(args.experiment)
+    seeds = experiment.DEFAULT_SEEDS if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be an integer >= 1, got {seeds}")
+    cfg = build_config(args.experiment, args.config, args.set or [])
+    out = Path(args.out or f"runs/{args.experiment}")
+    run_experiment(args.experiment, cfg, seeds, out, overwrite=args.overwrite,
+                   show_progress=not args.no_progress)
+    print(f"wrote {out}/results.parquet, summary.csv, manifest.json, figures/, "
+          "report.md")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from experiments import bench
+
+    return bench.main(args.quick) or 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biaslab",
+        description="An offline lab for the biases of recommender feedback.")
+    parser.add_argument("--version", action="version", version=f"biaslab {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="name the experiments, one line each")
+
+    show = sub.add_parser("show", help="print an experiment's default config (TOML)")
+    show.add_argument("experiment")
+    show.add_argument("--config", help="a TOML file applied on top of the defaults")
+    show.add_argument("--set", action="append", metavar="KEY=VALUE")
+
+    run = sub.add_parser("run", help="run an experiment over seeds")
+    run.add_argument("experiment")
+    run.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    run.add_argument("--out", help="output folder (default runs/EXPERIMENT)")
+    run.add_argument("--config", help="a TOML file applied on top of the defaults")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one config key (repeatable)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace another study's results in --out")
+    run.add_argument("--no-progress", action="store_true")
+
+    bench = sub.add_parser("bench", help="print speed figures with their references")
+    bench.add_argument("--quick", action="store_true",
+                       help="smaller sizes, for a smoke check")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    handler = {"list": _cmd_list, "show": _cmd_show, "run": _cmd_run,
+               "bench": _cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as err:
+        print(f"biaslab: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

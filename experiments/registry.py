@@ -1,0 +1,35 @@
+"""The built-in experiments, by name."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from sim.config import ConfigError
+
+# name -> module path; modules are imported on first use so that `biaslab list`
+# stays fast.
+EXPERIMENTS = {
+    "mnar-ratings": "experiments.mnar_ratings",
+}
+
+SUMMARIES = {
+    "mnar-ratings": "explicit ratings missing not at random: naive vs IPS / SNIPS / DR "
+                    "matrix factorisation, scored on the full true matrix",
+}
+
+
+def names() -> list[str]:
+    return list(EXPERIMENTS)
+
+
+def get(name: str) -> ModuleType:
+    """The experiment module called ``name``; refuses an unknown name."""
+    if name not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1, cutoff=0.0)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}{hint}")
+    return importlib.import_module(EXPERIMENTS[name])
