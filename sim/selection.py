@@ -64,7 +64,7 @@ class SelectionConfig:
     ``density`` left unset (None) takes the preset's density.
     """
 
-    preset: str = "yahoo-like"
+    preset: str = "value"
     alpha: float = 0.25  # used by the `value` preset only
     density: float | None = None
     popularity_gamma: float = 0.0

@@ -37,8 +37,8 @@ def test_show_prints_the_resolved_default_config_as_toml(capsys):
     assert main(["show", "mnar-ratings"]) == 0
     text = capsys.readouterr().out
     data = tomllib.loads(text)
-    assert data["selection"]["preset"] == "yahoo-like"
-    assert data["selection"]["density"] == 0.02
+    assert data["selection"]["preset"] == "value"
+    assert data["selection"]["density"] == 0.05
     assert data["world"]["marginal"] == [0.526, 0.242, 0.144, 0.062, 0.026]
     assert data["methods"] == ["mf-naive", "mf-ips", "mf-snips", "mf-dr"]
 
@@ -65,7 +65,7 @@ BAD_RUNS = [
     ("alpha", ["--set", "selection.alpha=0"],
      r"selection.alpha must be a number > 0.0, got 0.0"),
     ("density-reach", ["--set", "selection.density=0.5"],
-     r"selection.density must be in \(0, 0.10\d+\] for preset 'yahoo-like'"),
+     r"selection.density must be in \(0, 0.147\d+\] for preset 'value'"),
     ("marginal", ["--set", "world.marginal=[0.5,0.5,0.5,0,0]"],
      r"world.marginal must be probabilities summing to 1 \(sum 1.5\)"),
     ("set-syntax", ["--set", "selection.alpha"],

@@ -188,12 +188,13 @@ def test_bad_config_is_refused(build, message):
 
 def test_density_above_reachable_maximum_is_refused_with_the_maximum():
     world = small_world()
-    reach = max_density(MUSIC_MARGINAL, selection_weights(SelectionConfig()))
+    yahoo = SelectionConfig(preset="yahoo-like")
+    reach = max_density(MUSIC_MARGINAL, selection_weights(yahoo))
     assert reach == pytest.approx(np.dot(MUSIC_MARGINAL, PRESETS["yahoo-like"][0])
                                   / 9.64)
     with pytest.raises(ConfigError, match=rf"selection.density must be in \(0, "
                        rf"{reach:.6g}\] for preset 'yahoo-like'.*got 0.5"):
-        observe_probability(world, SelectionConfig(density=0.5))
+        observe_probability(world, SelectionConfig(preset="yahoo-like", density=0.5))
 
 
 def test_unknown_override_key_names_the_closest():
