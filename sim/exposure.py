@@ -164,7 +164,7 @@ def _check_weights(weights: np.ndarray, slate_size: int, key: str) -> np.ndarray
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ConfigError(f"{key} must be finite and >= 0, got {weights[row, col]!r} "
+        raise ConfigError(f"{key} must be finite and >= 0, got {float(weights[row, col])!r} "
                           f"(row {row}, item {col})")
     n_pos = (weights > 0).sum(axis=1)
     if (n_pos < slate_size).any():

@@ -317,7 +317,7 @@ def p_expose_pair(
     bad = ~np.isfinite(theta) | (theta < 0) | (theta > 1)
     if bad.any():
         at = int(np.argmax(bad))
-        raise ConfigError(f"theta must be in [0, 1], got {theta[at]!r} (rank {at + 1})")
+        raise ConfigError(f"theta must be in [0, 1], got {float(theta[at])!r} (rank {at + 1})")
     _check_nonempty(log.impressions, "log")
     include = log.train_on_swaps if include_swapped is None else include_swapped
 
