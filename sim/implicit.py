@@ -235,7 +235,8 @@ def simulate_implicit(
 
 
 def _check_nonempty(frame: pd.DataFrame, key: str) -> None:
-    check(len(frame) > 0, key, "a log with at least one impression", "0 rows")
+    if len(frame) == 0:
+        raise ConfigError(f"{key} must hold at least one impression, got 0 rows")
 
 
 def clicks_by_pair(
