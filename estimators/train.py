@@ -345,11 +345,19 @@ def _adam_moments(first, second, grad, steps):
     return first, second, first_hat / (jnp.sqrt(second_hat) + _EPS)
 
 
-def _sorted_segments(ids: jax.Array):
-    """Sort ``ids`` (K,); return the order, the sorted ids and, for each sorted
-    position, the index of its run of equal ids (0, 0, 1, 2, 2, ...)."""
-    order = jnp.argsort(ids)
-    sorted_ids = ids[order]
+def _sorted_segments(ids: jax.Array, n_rows: int):
+    """Sort ``ids`` (K,) in [0, n_rows); return the order, the sorted ids and,
+    for each sorted position, the index of its run of equal ids (0, 0, 1, ...).
+    """
+    size = ids.shape[0]
+    if n_rows * size < 2**31:
+        # One single-operand sort of id * K + position is several times faster
+        # on CPU than argsort's two-operand sort.
+        packed = jnp.sort(ids * size + jnp.arange(size, dtype=ids.dtype))
+        order, sorted_ids = packed % size, packed // size
+    else:
+        order = jnp.argsort(ids)
+        sorted_ids = ids[order]
     new_run = (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)
     starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), new_run])
     return order, sorted_ids, jnp.cumsum(starts)
@@ -370,7 +378,7 @@ def _sparse_adam_update(params, state, local_grads, users, items, lr):
         ("users", users, state.user_steps),
         ("items", items, state.item_steps),
     ):
-        order, sorted_ids, run = _sorted_segments(ids)
+        order, sorted_ids, run = _sorted_segments(ids, steps.shape[0])
         n_runs = ids.shape[0]
         row_steps = steps[sorted_ids] + 1
         new_steps[side] = steps.at[sorted_ids].set(row_steps)
@@ -399,15 +407,23 @@ def _sparse_adam_update(params, state, local_grads, users, items, lr):
 
 
 def _update(optimizer, params, opt_state, loss_of, users, items, lr):
-    """One optimiser step on ``loss_of(params, users, items)``."""
+    """One optimiser step on ``loss_of(params, users, items)``.
+
+    ``loss_of`` must accept, besides index arrays (K,), the full slice
+    ``slice(None)`` for ``users`` and ``items`` (sample k is row k), and cut
+    them with :func:`_part`.
+    """
     if optimizer == "adam":
         grads = jax.grad(loss_of)(params, users, items)
         updates, opt_state = _ADAM.update(grads, opt_state)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state
+    # Row k of the gathered tables is sample k: index them with a full slice,
+    # which (unlike an index array) adds no gather and no scatter to the
+    # gradient.
     local = _gather_rows(params, users, items)
-    positions = jnp.arange(users.shape[0])
-    local_grads = jax.grad(loss_of)(local, positions, positions)
+    everything = slice(None)
+    local_grads = jax.grad(loss_of)(local, everything, everything)
     return _sparse_adam_update(params, opt_state, local_grads, users, items, lr)
 
 
@@ -450,6 +466,13 @@ _SINGLE_PHASE = {"naive": naive, "ips": ips, "snips": snips}
 _TRACE_COUNT = [0]
 
 
+def _part(index, start: int, stop: int | None):
+    """``index[start:stop]`` for an index array or for the full slice."""
+    if isinstance(index, slice):
+        return slice(start, stop)
+    return index[start:stop]
+
+
 def _draw_cells(key, spec: _Spec) -> tuple[jax.Array, jax.Array]:
     """M cells drawn uniformly (with replacement) from all N cells."""
     key_users, key_items = jax.random.split(key)
@@ -480,9 +503,12 @@ def _step(state: _State, batch: Batch, key, hyper: _Hyper, spec: _Spec) -> _Stat
     imputed_cells = predict_mf(state.imputation_params, cell_users, cell_items)
 
     def prediction_loss(params, users, items):
-        local = batch._replace(users=users[:size], items=items[:size])
+        local = batch._replace(
+            users=_part(users, 0, size), items=_part(items, 0, size)
+        )
+        drawn_users, drawn_items = _part(users, size, None), _part(items, size, None)
         return dr_prediction(
-            params, local, imputed, users[size:], items[size:], imputed_cells,
+            params, local, imputed, drawn_users, drawn_items, imputed_cells,
             hyper.l2, hyper.density,
         )
 
@@ -517,6 +543,33 @@ def _valid_estimate(params, valid, hyper: _Hyper, spec: _Spec) -> jax.Array:
     return jnp.sum(error / propensity) * hyper.inv_cells
 
 
+def _shuffle(key, n: int) -> jax.Array:
+    """A random permutation of ``range(n)``, (n,) int32.
+
+    ``jax.random.permutation`` sorts (key, value) pairs, and a two-operand
+    sort is slow on CPU: it took longer than all the training steps of an
+    epoch. Here each round draws a random label of ``32 - b`` bits for every
+    element (``b`` bits hold a position below ``n``), packs label and current
+    position into one uint32 and sorts that single array, which is a stable
+    sort of the order by label. Rounds are repeated until ``2b + 8`` random
+    bits have been drawn per element, so that the expected number of pairs
+    with equal labels in every round (the only pairs whose order is not
+    random) is below ``n^2 / 2^(2b + 9) <= 1/512``.
+    """
+    bits = max(1, (n - 1).bit_length())
+    if bits > 28:  # too few label bits left: use JAX's (slower) permutation
+        return jax.random.permutation(key, n).astype(jnp.int32)
+    label_bits = 32 - bits
+    rounds = -(-(2 * bits + 8) // label_bits)
+    positions = jnp.arange(n, dtype=jnp.uint32)
+    order = positions
+    for round_key in jax.random.split(key, rounds):
+        labels = jax.random.bits(round_key, (n,), jnp.uint32) >> bits
+        packed = jnp.sort((labels << bits) | positions)
+        order = order[packed & jnp.uint32((1 << bits) - 1)]
+    return order.astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec):
     """One pass over the training set; returns the new state and the
@@ -529,7 +582,7 @@ def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec):
     key_order, key_cells = jax.random.split(key)
 
     order = jnp.concatenate(
-        [jax.random.permutation(key_order, n_train), jnp.zeros((n_pad,), jnp.int32)]
+        [_shuffle(key_order, n_train), jnp.zeros((n_pad,), jnp.int32)]
     ).reshape(n_batches, size)
     mask = jnp.concatenate(
         [jnp.ones((n_train,), ratings.dtype), jnp.zeros((n_pad,), ratings.dtype)]

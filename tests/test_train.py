@@ -377,3 +377,19 @@ BAD_CONFIGS = [
 def test_bad_configs_are_refused(kind, changes, message):
     with pytest.raises(ConfigError, match=message):
         kind(**changes)
+
+
+def test_shuffle_is_a_uniform_permutation():
+    """All 24 orders of 4 elements are equally likely: each count is within 4
+    binomial standard errors of 2400/24 over 2400 draws."""
+    keys = jax.random.split(jax.random.key(11), 2400)
+    orders = np.asarray(jax.vmap(lambda k: train_module._shuffle(k, 4))(keys))
+    codes = orders @ np.array([64, 16, 4, 1])
+    counts = np.array([np.sum(codes == c) for c in np.unique(codes)])
+    assert counts.size == 24
+    p = 1 / 24
+    se = np.sqrt(2400 * p * (1 - p))
+    assert np.all(np.abs(counts - 2400 * p) < 4 * se)
+    big = np.asarray(train_module._shuffle(jax.random.key(0), 100_003))
+    assert np.array_equal(np.sort(big), np.arange(100_003))
+    assert not np.array_equal(big, np.arange(100_003))
