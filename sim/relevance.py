@@ -5,7 +5,7 @@ Each pair (u, i) has a true relevance probability
     gamma_ui = sigmoid(a * (z_ui - c)),
 
 where z_ui is the world's latent score (`World.score`), a is
-``relevance.sharpness`` and the offset c is solved by bisection so that the
+``relevance.sharpness`` and the offset c is solved numerically so that the
 mean of gamma over all U x I pairs equals ``relevance.base_rate``. A binary
 relevance R_ui ~ Bernoulli(gamma_ui) is drawn once per pair and kept in the
 truth; with ``relevance.per_impression = true`` the simulator instead redraws
@@ -65,31 +65,34 @@ def relevance_probability(
 ) -> tuple[np.ndarray, float]:
     """gamma = sigmoid(a (score - c)) with mean(gamma) = base_rate; returns (gamma, c).
 
-    ``score`` is (U, I). The mean is strictly decreasing in c, so bisection on
-    c in [min score - 40/a, max score + 40/a] (where the mean is within e^-40
-    of 1 and 0) converges; it stops when the mean is within 1e-12 of the
-    target, relative.
+    ``score`` is (U, I). The mean is strictly decreasing in c; c is kept in a
+    bracket that starts at [min score - 40/a, max score + 40/a] (where the mean
+    is within e^-40 of 1 and 0), with Newton steps that fall back to bisection
+    when they leave it, until the mean is within 1e-12 of the target, relative.
     """
     score = np.asarray(score, dtype=np.float64)
     check(score.size >= 1 and bool(np.isfinite(score).all()), "score",
           "a non-empty array of finite numbers", f"array of shape {score.shape}")
     slope, target = cfg.sharpness, cfg.base_rate
-
-    def mean_gamma(offset: float) -> float:
-        return float(expit(slope * (score - offset)).mean())
-
     low = float(score.min()) - 40.0 / slope
     high = float(score.max()) + 40.0 / slope
+    offset = 0.5 * (low + high)
     for _ in range(200):
-        mid = 0.5 * (low + high)
-        rate = mean_gamma(mid)
+        solved = offset
+        gamma = expit(slope * (score - solved))
+        rate = float(gamma.mean())
         if abs(rate - target) <= 1e-12 * target:
             break
         if rate > target:
-            low = mid
+            low = offset
         else:
-            high = mid
-    return expit(slope * (score - mid)), mid
+            high = offset
+        # Newton step on the bracket (d rate / d c = -a mean(gamma (1 - gamma))),
+        # bisection when it leaves the bracket.
+        derivative = slope * float((gamma * (1.0 - gamma)).mean())
+        newton = offset + (rate - target) / derivative if derivative > 0 else low
+        offset = newton if low < newton < high else 0.5 * (low + high)
+    return gamma, solved
 
 
 def sample_relevance(
