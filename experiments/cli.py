@@ -124,9 +124,32 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Pinned before JAX is imported (the experiment modules import it lazily), so
+# that a seed gives the same bytes on the same install whatever the machine's
+# core count; recorded in every manifest. A value already in the environment
+# is kept (and recorded).
+PINNED_THREADS = {
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def pin_threads() -> None:
+    import os
+
+    if "jax" in sys.modules:
+        return  # too late to change XLA's settings; the manifest records them
+    for key, value in PINNED_THREADS.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.command != "bench":  # bench sets its own threads per reference
+        pin_threads()
     handler = {"list": _cmd_list, "show": _cmd_show, "run": _cmd_run,
                "bench": _cmd_bench}[args.command]
     try:
