@@ -115,8 +115,8 @@ class ExposureConfig:
     visits: int = 100_000
 
     def __post_init__(self) -> None:
-        check(self.policy in POLICIES, "exposure.policy", "one of " + ", ".join(POLICIES),
-              self.policy)
+        check(self.policy in POLICIES, "exposure.policy",
+              "one of " + ", ".join(POLICIES), self.policy)
         for key in ("slate_size", "visits"):
             value = getattr(self, key)
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -165,7 +165,8 @@ def _check_weights(weights: np.ndarray, slate_size: int, key: str) -> np.ndarray
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ConfigError(f"{key} must be finite and >= 0, got {float(weights[row, col])!r} "
+        value = float(weights[row, col])
+        raise ConfigError(f"{key} must be finite and >= 0, got {value!r} "
                           f"(row {row}, item {col})")
     n_pos = (weights > 0).sum(axis=1)
     if (n_pos < slate_size).any():
@@ -512,7 +513,7 @@ class SlatePolicy:
         return slates
 
     def slate_logprob(self, users: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        """Exact log P(slate | user) (n,) for ordered slates (n, K) (mixture included)."""
+        """Exact log P(slate | user) (n,) of ordered slates (n, K), mixture included."""
         slates = check_slates(slates, self.n_items)
         n, k = slates.shape
         check(k == self.slate_size, "slates", f"{self.slate_size} columns", k)

@@ -196,7 +196,8 @@ def simulate_implicit(
     slate_logprob[~swapped] = policy.slate_logprob(users[~swapped], slates[~swapped])
     if rows.size:
         composed = swap_composed(table[row_of[rows], shown[rows]])  # (n_s, K, K)
-        p_rank[rows] = composed[np.arange(rows.size)[:, None], np.arange(k), np.arange(k)]
+        diagonal = np.arange(k)
+        p_rank[rows] = composed[np.arange(rows.size)[:, None], diagonal, diagonal]
         slate_logprob[rows] = policy.swapped_slate_logprob(users[rows], shown[rows])
 
     gamma = truth_relevance.gamma[users[:, None], shown]
@@ -273,7 +274,8 @@ def clicks_by_pair(
     clicked = frame["click"].to_numpy()
     pairs, inverse = np.unique(key, return_inverse=True)
     clicks = np.bincount(inverse, weights=clicked, minlength=pairs.size)
-    plays = np.bincount(inverse, weights=frame["plays"].to_numpy(), minlength=pairs.size)
+    plays = np.bincount(inverse, weights=frame["plays"].to_numpy(),
+                        minlength=pairs.size)
     impressions = np.bincount(inverse, minlength=pairs.size)
     keep = clicks > 0
     return pd.DataFrame({
@@ -318,7 +320,8 @@ def p_expose_pair(
     bad = ~np.isfinite(theta) | (theta < 0) | (theta > 1)
     if bad.any():
         at = int(np.argmax(bad))
-        raise ConfigError(f"theta must be in [0, 1], got {float(theta[at])!r} (rank {at + 1})")
+        raise ConfigError(f"theta must be in [0, 1], got {float(theta[at])!r} "
+                          f"(rank {at + 1})")
     _check_nonempty(log.impressions, "log")
     include = log.train_on_swaps if include_swapped is None else include_swapped
 

@@ -65,7 +65,8 @@ ENUMERATED = [(name, k) for name in WEIGHT_SETS for k in (1, 3, 6)
               if (WEIGHT_SETS[name] > 0).sum() >= k]
 
 
-@pytest.mark.parametrize("name, k", ENUMERATED, ids=[f"{n}-k{k}" for n, k in ENUMERATED])
+@pytest.mark.parametrize("name, k", ENUMERATED,
+                         ids=[f"{n}-k{k}" for n, k in ENUMERATED])
 def test_pl_marginals_match_enumeration(name, k):
     weights = WEIGHT_SETS[name]
     exact = pl_rank_probabilities(weights, k)[0]
@@ -191,7 +192,8 @@ def test_policy_sampler_matches_its_table_with_uniform_mixture(kind):
     for user in (0, 1):
         part = slates[users == user]
         counts = np.stack([np.bincount(part[:, r], minlength=9) for r in range(4)], 1)
-        assert within_4se(counts, n_draws, table[policy.rows(np.array([user]))[0]]).all()
+        row = policy.rows(np.array([user]))[0]
+        assert within_4se(counts, n_draws, table[row]).all()
 
 
 def test_swap_composition_matches_swapped_frequencies():
@@ -214,7 +216,8 @@ def test_model_policy_wraps_a_score_callable_as_softmax():
                          np.random.default_rng(15))
     scores = np.random.default_rng(16).normal(size=(3, 6))
     cfg = ExposureConfig(policy="model", slate_size=2, temperature=0.7)
-    policy = make_policy(world, cfg, np.random.default_rng(0), scores=lambda u: scores[u])
+    policy = make_policy(world, cfg, np.random.default_rng(0),
+                         scores=lambda u: scores[u])
     expected = np.exp(scores / 0.7)
     expected /= expected.sum(axis=1, keepdims=True)
     assert np.allclose(policy.p_rank_table()[:, :, 0], expected, rtol=1e-12)
@@ -226,7 +229,8 @@ def _world(n_items=5):
 
 
 BAD = [
-    ("policy", lambda: ExposureConfig(policy="greedy"), "exposure.policy must be one of"),
+    ("policy", lambda: ExposureConfig(policy="greedy"),
+     "exposure.policy must be one of"),
     ("slate-0", lambda: ExposureConfig(slate_size=0),
      r"exposure.slate_size must be an integer >= 1, got 0"),
     ("temperature", lambda: ExposureConfig(temperature=0.0),
@@ -244,8 +248,10 @@ BAD = [
     ("train-on-swaps", lambda: InterventionConfig(train_on_swaps="yes"),
      r"intervention.train_on_swaps must be true or false, got 'yes'"),
     ("k-above-catalogue",
-     lambda: make_policy(_world(5), ExposureConfig(slate_size=6), np.random.default_rng(0)),
-     r"exposure.slate_size must be an integer in \[1, 5\] \(the catalogue size\), got 6"),
+     lambda: make_policy(_world(5), ExposureConfig(slate_size=6),
+                         np.random.default_rng(0)),
+     r"exposure.slate_size must be an integer in \[1, 5\] \(the catalogue size\), "
+     r"got 6"),
     ("model-without-scores",
      lambda: make_policy(_world(), ExposureConfig(policy="model", slate_size=2),
                          np.random.default_rng(0)),

@@ -217,7 +217,8 @@ def test_p_expose_pair_matches_examined_at_least_once(kind, include):
         rows = log.impressions["swapped"].to_numpy() <= include
         examined = truth.impressions["examined"].to_numpy() & rows
         seen = np.zeros((3, 8), dtype=bool)
-        seen[log.impressions["user"][examined], log.impressions["item"][examined]] = True
+        frame = log.impressions[examined]
+        seen[frame["user"], frame["item"]] = True
         seen_sum += seen
         p_sum += p
         var_sum += p * (1 - p)
@@ -246,7 +247,8 @@ def _log():
 BAD = [
     ("eta", lambda: ExaminationConfig(eta=-0.5),
      r"examination.eta must be a number >= 0.0, got -0.5"),
-    ("model", lambda: ExaminationConfig(model="dbn"), r"examination.model must be one of"),
+    ("model", lambda: ExaminationConfig(model="dbn"),
+     r"examination.model must be one of"),
     ("p-relevant", lambda: ClickConfig(p_relevant=1.2),
      r"click.p_relevant must be a number >= 0.0 and <= 1.0, got 1.2"),
     ("p-nonrelevant", lambda: ClickConfig(p_nonrelevant=-0.1),
@@ -281,7 +283,8 @@ BAD = [
      lambda: p_expose_pair(*small_log(n_visits=10,
                                       examination=ExaminationConfig(model="cascade"))),
      r"examination.model must be 'pbm' for a per-rank p_examine"),
-    ("theta-range", lambda: p_expose_pair(_log()[0], theta=np.array([1, 0.5, 1.5, 0.2])),
+    ("theta-range",
+     lambda: p_expose_pair(_log()[0], theta=np.array([1, 0.5, 1.5, 0.2])),
      r"theta must be in \[0, 1\], got 1.5 \(rank 3\)"),
     ("theta-shape", lambda: p_expose_pair(_log()[0], theta=np.ones(3)),
      r"theta must be shape \(4,\), got \(3,\)"),
@@ -299,5 +302,17 @@ def test_bad_input_is_refused_with_a_clear_message(make, message):
 def test_empty_log_is_refused_by_p_expose_pair():
     log, truth = _log()
     empty = dataclasses.replace(log, impressions=log.impressions.iloc[:0])
-    with pytest.raises(ConfigError, match="log must hold at least one impression, got 0 rows"):
+    message = "log must hold at least one impression, got 0 rows"
+    with pytest.raises(ConfigError, match=message):
         p_expose_pair(empty, truth)
+
+
+def test_simulation_benchmark_runs_on_a_small_problem():
+    from experiments.bench_sim import bench_simulation
+
+    res = bench_simulation(n_visits=2000, n_items=50, K=5, n_users=20,
+                           loop_visits=50, softmax=True)
+    assert res["rows"] == 2000 * 5
+    for key in ("seconds", "loop_seconds", "speedup", "softmax_table_seconds",
+                "softmax_seconds"):
+        assert res[key] > 0
