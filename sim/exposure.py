@@ -88,6 +88,7 @@ __all__ = [
     "swap_composed",
     "draw_swaps",
     "check_slates",
+    "check_slate_size",
 ]
 
 POLICIES = ("uniform", "popularity", "softmax", "model")
