@@ -172,7 +172,8 @@ def run_experiment(
             rows = pd.DataFrame(experiment.run_seed(cfg, seed, progress=bar.update))
             rows.insert(0, "experiment", name)
             for key, value in columns.items():
-                rows[key] = value
+                if key not in rows.columns:  # a swept key keeps its per-row value
+                    rows[key] = value
             write_atomic(cells / f"seed-{seed:05d}.parquet",
                          lambda p, rows=rows: rows.to_parquet(p, index=False))
 

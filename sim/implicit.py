@@ -12,7 +12,9 @@ The log (`ImpressionLog.impressions`) has one row per impression, visit-major
 and in displayed rank order within a visit:
 
     visit (int32), user (int32), item (int32), position (int8, 1-based rank
-    at which the item was displayed), p_shown (float64), p_rank (float64),
+    at which the item was displayed), original_position (int8, the rank the
+    policy chose before a RandPair swap; equal to position on other visits,
+    known to the system that ran the intervention), p_shown (float64), p_rank (float64),
     slate_logprob (float64, the log-probability of the visit's displayed
     slate, repeated on its rows), swapped (bool), click (bool), plays (int32).
 
@@ -65,8 +67,8 @@ __all__ = [
     "p_expose_pair",
 ]
 
-LOG_COLUMNS = ("visit", "user", "item", "position", "p_shown", "p_rank",
-               "slate_logprob", "swapped", "click", "plays")
+LOG_COLUMNS = ("visit", "user", "item", "position", "original_position", "p_shown",
+               "p_rank", "slate_logprob", "swapped", "click", "plays")
 TRUTH_COLUMNS = ("relevant", "gamma", "examined", "p_examine")
 PAIR_COLUMNS = ("user", "item", "clicks", "plays", "impressions")
 
@@ -207,12 +209,16 @@ def simulate_implicit(
         relevant = truth_relevance.relevant[users[:, None], shown]
     reaction = react(relevant, gamma, examination, click, engagement, behaviour_rng)
 
+    original = np.broadcast_to(np.arange(1, k + 1, dtype=np.int8), (n_visits, k)).copy()
+    original[rows, 0] = partner[rows]
+    original[rows, cols] = 1
     visit_ids = np.arange(n_visits, dtype=np.int32)
     impressions = pd.DataFrame({
         "visit": np.repeat(visit_ids, k),
         "user": np.repeat(users.astype(np.int32), k),
         "item": shown.astype(np.int32).ravel(),
         "position": np.tile(np.arange(1, k + 1, dtype=np.int8), n_visits),
+        "original_position": original.ravel(),
         "p_shown": p_shown.ravel(),
         "p_rank": p_rank.ravel(),
         "slate_logprob": np.repeat(slate_logprob, k),

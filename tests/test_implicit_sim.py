@@ -159,6 +159,25 @@ def test_log_columns_rows_and_logged_propensities():
     assert np.all(frame["click"] <= truth.impressions["examined"])
 
 
+def test_original_position_undoes_the_randpair_swap():
+    log, _ = small_log()
+    k = 4
+    shown = log.impressions["position"].to_numpy().reshape(-1, k)
+    original = log.impressions["original_position"].to_numpy().reshape(-1, k)
+    swapped = log.visits["swapped"].to_numpy()
+    assert np.array_equal(original[~swapped], shown[~swapped])
+    # On a swapped visit rank 1 and one rank j >= 2 exchange: the item shown
+    # first was chosen for rank j, the item shown at j was chosen for rank 1.
+    moved = original[swapped] != shown[swapped]
+    assert np.all(moved.sum(axis=1) == 2) and np.all(moved[:, 0])
+    partner = original[swapped][:, 0]
+    assert np.all((partner >= 2) & (partner <= k))
+    rows = np.arange(partner.size)
+    assert np.all(original[swapped][rows, partner - 1] == 1)
+    assert np.array_equal(np.sort(original, axis=1), np.broadcast_to(np.arange(1, k + 1),
+                                                                     original.shape))
+
+
 def test_same_seed_same_log_and_other_seed_other_log():
     log_a, truth_a = small_log(seed=5)
     log_b, truth_b = small_log(seed=5)
