@@ -120,15 +120,20 @@ def simulate_ratings(
     split: SplitConfig,
     mar: MarConfig,
     rng: np.random.Generator,
+    world: World | None = None,
 ) -> tuple[RatingLog, Truth]:
     """Sample a world, log MNAR ratings, split them, and draw the MAR survey.
 
-    Named child streams of ``rng`` keep each stage's randomness separate, so a
-    change in one stage (say the split shares) leaves the others' draws alone.
+    Pass ``world`` to log ratings of an existing world (the one an implicit
+    log was drawn from, say: one truth, both channels); ``world_cfg`` is then
+    not used. Named child streams of ``rng`` keep each stage's randomness
+    separate, so a change in one stage (say the split shares) leaves the
+    others' draws alone.
     """
-    marginal = world_cfg.marginal or selection.resolved_marginal()
     world_rng, observe_rng, split_rng, mar_rng = rng.spawn(4)
-    world = sample_world(world_cfg, marginal, world_rng)
+    if world is None:
+        marginal = world_cfg.marginal or selection.resolved_marginal()
+        world = sample_world(world_cfg, marginal, world_rng)
     p_observe, scale, n_capped = observe_probability(world, selection)
     observed_mask = observe_rng.random(p_observe.shape) < p_observe
     users, items = np.nonzero(observed_mask)

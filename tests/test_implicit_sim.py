@@ -335,3 +335,19 @@ def test_simulation_benchmark_runs_on_a_small_problem():
     for key in ("seconds", "loop_seconds", "speedup", "softmax_table_seconds",
                 "softmax_seconds"):
         assert res[key] > 0
+
+
+def test_one_world_gives_both_channels():
+    from sim.ratings import MarConfig, SplitConfig, simulate_ratings
+    from sim.selection import SelectionConfig
+
+    world = make_world()
+    log, truth = simulate_implicit(world, np.random.default_rng(0), n_visits=200,
+                                   exposure=ExposureConfig(slate_size=4))
+    ratings, rating_truth = simulate_ratings(None, SelectionConfig(), SplitConfig(),
+                                             MarConfig(), np.random.default_rng(1),
+                                             world=world)
+    assert rating_truth.world is truth.world is world
+    observed = ratings.observed
+    assert np.array_equal(observed["rating"], world.ratings[observed["user"],
+                                                            observed["item"]])
