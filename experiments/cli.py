@@ -1,4 +1,4 @@
-"""The `biaslab` command: list, show, run, bench."""
+"""The `biaslab` command: list, show, run, sweep, bench."""
 
 from __future__ import annotations
 
@@ -81,10 +81,34 @@ def _cmd_run(args) -> int:
     cfg = build_config(args.experiment, args.config, args.set or [])
     out = Path(args.out or f"runs/{args.experiment}")
     run_experiment(args.experiment, cfg, seeds, out, overwrite=args.overwrite,
-                   show_progress=not args.no_progress)
+                   show_progress=not args.no_progress, backend=args.backend,
+                   workers=args.workers, scheduler=args.scheduler)
     print(f"wrote {out}/results.parquet, summary.csv, manifest.json, figures/, "
           "report.md")
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from experiments.sweep import run_sweep
+
+    out = Path(args.out or f"runs/sweep-{Path(args.file).stem}")
+    run_sweep(args.file, out, overwrite=args.overwrite, backend=args.backend,
+              workers=args.workers, scheduler=args.scheduler,
+              show_progress=not args.no_progress)
+    print(f"wrote {out}/results.parquet, summary.csv, manifest.json, figures/, "
+          "report.md")
+    return 0
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="local", choices=["local", "dask"],
+                        help="run cells in this process (default) or on Dask")
+    parser.add_argument("--workers", type=int,
+                        help="local Dask cluster size (default 2)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another study's results in --out")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def _cmd_bench(args) -> int:
@@ -114,9 +138,12 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a TOML file applied on top of the defaults")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config key (repeatable)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace another study's results in --out")
-    run.add_argument("--no-progress", action="store_true")
+    _add_backend(run)
+
+    sweep = sub.add_parser("sweep", help="run a grid of configs x seeds from a TOML file")
+    sweep.add_argument("file")
+    sweep.add_argument("--out", help="output folder (default runs/sweep-FILESTEM)")
+    _add_backend(sweep)
 
     bench = sub.add_parser("bench", help="print speed figures with their references")
     bench.add_argument("--quick", action="store_true",
@@ -151,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "bench":  # bench sets its own threads per reference
         pin_threads()
     handler = {"list": _cmd_list, "show": _cmd_show, "run": _cmd_run,
-               "bench": _cmd_bench}[args.command]
+               "sweep": _cmd_sweep, "bench": _cmd_bench}[args.command]
     try:
         return handler(args)
     except ConfigError as err:

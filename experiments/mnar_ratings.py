@@ -40,6 +40,7 @@ from sim.world import WorldConfig
 
 NAME = "mnar-ratings"
 DEFAULT_SEEDS = 5
+KEY_METRICS = ("mse_truth", "mse_observed")
 
 METHODS = {"mf-naive": "naive", "mf-ips": "ips", "mf-snips": "snips", "mf-dr": "dr"}
 PROPENSITIES = ("true", "naive-bayes", "logistic", "popularity")

@@ -1,12 +1,18 @@
-"""Run an experiment over seeds, store every finished seed at once, resume.
+"""Run cells (experiment x resolved config x seed), store each at once, resume.
+
+A cell is the unit of work: one seed of one experiment at one resolved config.
+Its identity is a hash of the canonical resolved config (every dotted key and
+value, as JSON with sorted keys), the experiment, the seed and the biaslab
+version. Its random stream depends on its seed alone, never on its place in a
+grid, so adding grid points or seeds changes no other cell.
 
 Layout of an output folder ``DIR``:
 
-- ``DIR/study.json``: the experiment and its resolved config; a folder holding
-  another study is refused unless ``overwrite`` is given.
-- ``DIR/cells/seed-00003.parquet``: the rows of one finished seed, written
+- ``DIR/study.json``: what the folder holds (an experiment and its config, or
+  a sweep); a folder holding another study is refused unless ``overwrite``.
+- ``DIR/cells/<hash>.parquet``: the rows of one finished cell, written
   atomically (a temporary file renamed into place), so an interrupted run
-  leaves only whole seeds and a rerun computes only the missing ones.
+  leaves only whole cells and a rerun computes only the missing ones.
 - ``DIR/results.parquet``: all rows, one per seed x method x propensity x
   metric, with every config parameter as a column named by its dotted key.
 - ``DIR/summary.csv``, ``DIR/manifest.json``, ``DIR/figures/*.png``,
@@ -15,6 +21,7 @@ Layout of an output folder ``DIR``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +31,7 @@ import sys
 import tempfile
 import time
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +40,12 @@ import pandas as pd
 from scipy import stats
 
 from experiments import registry
-from sim.config import ConfigError, check, flatten, to_toml
+from sim.config import ConfigError, check, flatten, override, to_toml
 
-__all__ = ["run_experiment", "summarise", "write_atomic", "config_columns"]
+__all__ = ["Cell", "make_cells", "run_cell", "run_cells", "collect", "run_experiment",
+           "summarise", "write_atomic", "config_columns", "BACKENDS"]
+
+BACKENDS = ("local", "dask")
 
 PACKAGES = ("biaslab", "numpy", "jax", "jaxlib", "optax", "pandas", "pyarrow",
             "scipy", "matplotlib", "simpy")
@@ -140,6 +151,136 @@ def _check_study(out: Path, study: dict, overwrite: bool) -> None:
     write_atomic(path, lambda p: p.write_text(json.dumps(study, indent=2)))
 
 
+def flatten_json(cfg: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(cfg).items()}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One seed of one experiment at one resolved config (plain data only, so
+    it travels to a Dask worker as JSON-like values, never as pickled code)."""
+
+    experiment: str
+    config: dict[str, Any]  # dotted key -> value of the resolved config
+    seed: int
+
+    @property
+    def key(self) -> str:
+        from experiments import __version__
+
+        canonical = json.dumps({"experiment": self.experiment, "config": self.config,
+                                "seed": self.seed, "version": __version__},
+                               sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def make_cells(name: str, configs: list[Any], seeds: int) -> list[Cell]:
+    """Cells for every config x seed 0..seeds-1, configs resolved."""
+    check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1,
+          "--seeds", "an integer >= 1", seeds)
+    return [Cell(name, flatten_json(cfg.resolve()), seed)
+            for cfg in configs for seed in range(seeds)]
+
+
+def run_cell(cell: Cell, progress=None) -> pd.DataFrame:
+    """Compute one cell's rows (with the experiment and every config key as
+    columns). Runs in this process or on a Dask worker."""
+    experiment = registry.get(cell.experiment)
+    cfg = override(experiment.Config(), cell.config).resolve()
+    rows = pd.DataFrame(experiment.run_seed(cfg, cell.seed, progress=progress))
+    rows.insert(0, "experiment", cell.experiment)
+    for key, value in config_columns(cfg).items():
+        if key not in rows.columns:  # a swept-inside key keeps its per-row value
+            rows[key] = value
+    if rows["value"].isna().any():
+        bad = rows[rows["value"].isna()].iloc[0]
+        raise FloatingPointError(
+            f"cell {cell.key} (seed {cell.seed}) produced NaN for {bad['method']} "
+            f"{bad['metric']}; refusing to store it")
+    return rows
+
+
+def _cell_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / f"{cell.key}.parquet"
+
+
+def _store(out: Path, cell: Cell, rows: pd.DataFrame) -> None:
+    write_atomic(_cell_path(out, cell), lambda p: rows.to_parquet(p, index=False))
+
+
+def run_cells(
+    cells: list[Cell],
+    out: Path,
+    backend: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    show_progress: bool = True,
+) -> int:
+    """Run the cells not yet stored in ``out``; store each the moment it
+    finishes. Returns how many were already done (resumed)."""
+    check(backend in BACKENDS, "--backend", "one of " + ", ".join(BACKENDS), backend)
+    # A run killed mid-write leaves a temporary file, never a cell: clear them.
+    for stale in (out / "cells").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    todo = [c for c in cells if not _cell_path(out, c).exists()]
+    done = len(cells) - len(todo)
+    if done:
+        print(f"resuming: {done} of {len(cells)} cells already done in {out / 'cells'}",
+              file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    if backend == "local":
+        fits = sum(registry.get(c.experiment).n_fits(
+            override(registry.get(c.experiment).Config(), c.config).resolve())
+            for c in todo)
+        with tqdm(total=fits, desc=cells[0].experiment if cells else "", unit="fit",
+                  disable=not show_progress, file=sys.stderr) as bar:
+            for cell in todo:
+                _store(out, cell, run_cell(cell, progress=bar.update))
+        return done
+
+    from experiments import scale
+
+    with scale.dask_client(workers, scheduler) as client:
+        futures = {client.submit(run_cell, cell, key=f"cell-{cell.key}", pure=False): cell
+                   for cell in todo}
+        with tqdm(total=len(todo), desc="cells", unit="cell",
+                  disable=not show_progress, file=sys.stderr) as bar:
+            for future in scale.as_completed(futures):
+                _store(out, futures[future], future.result())
+                bar.update()
+    return done
+
+
+def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
+    """All stored rows of ``cells``, in cell order, written to results.parquet
+    and summary.csv."""
+    frames = [pd.read_parquet(_cell_path(out, c)) for c in cells]
+    results = pd.concat(frames, ignore_index=True)
+    if results["value"].isna().any():
+        raise FloatingPointError("results hold NaN values; refusing to write them")
+    write_atomic(out / "results.parquet", lambda p: results.to_parquet(p, index=False))
+    summary = summarise(results)
+    write_atomic(out / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    return results
+
+
+def _manifest(out: Path, study: dict, cells: list[Cell], started: float,
+              resumed: int, backend: str, extra: dict) -> None:
+    manifest = {
+        **study,
+        "seeds": sorted({c.seed for c in cells}),
+        "cells": [{"key": c.key, "seed": c.seed} for c in cells],
+        "environment": environment(),
+        "backend": backend,
+        "wall_time_s": round(time.time() - started, 3),
+        "resumed_cells": resumed,
+        **extra,
+    }
+    write_atomic(out / "manifest.json",
+                 lambda p: p.write_text(json.dumps(manifest, indent=2)))
+
+
 def run_experiment(
     name: str,
     cfg: Any,
@@ -147,61 +288,24 @@ def run_experiment(
     out: str | Path,
     overwrite: bool = False,
     show_progress: bool = True,
+    backend: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> pd.DataFrame:
     """Run seeds 0..seeds-1 of experiment ``name`` into ``out``; return the rows."""
-    check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1,
-          "--seeds", "an integer >= 1", seeds)
     experiment = registry.get(name)
     cfg = cfg.resolve()
+    cells = make_cells(name, [cfg], seeds)
     out = Path(out)
     study = {"experiment": name, "config": config_columns(cfg)}
     _check_study(out, study, overwrite)
-
     started = time.time()
-    cells = out / "cells"
-    todo = [s for s in range(seeds) if not (cells / f"seed-{s:05d}.parquet").exists()]
-    if len(todo) < seeds:
-        print(f"resuming: {seeds - len(todo)} of {seeds} seeds already done in {cells}",
-              file=sys.stderr)
-    columns = config_columns(cfg)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(todo) * experiment.n_fits(cfg), desc=name, unit="fit",
-              disable=not show_progress, file=sys.stderr) as bar:
-        for seed in todo:
-            rows = pd.DataFrame(experiment.run_seed(cfg, seed, progress=bar.update))
-            rows.insert(0, "experiment", name)
-            for key, value in columns.items():
-                if key not in rows.columns:  # a swept key keeps its per-row value
-                    rows[key] = value
-            write_atomic(cells / f"seed-{seed:05d}.parquet",
-                         lambda p, rows=rows: rows.to_parquet(p, index=False))
-
-    frames = [pd.read_parquet(cells / f"seed-{s:05d}.parquet") for s in range(seeds)]
-    results = pd.concat(frames, ignore_index=True)
-    if results["value"].isna().any():
-        raise FloatingPointError("results hold NaN values; refusing to write them")
-    write_atomic(out / "results.parquet",
-                 lambda p: results.to_parquet(p, index=False))
-    summary = summarise(results)
-    write_atomic(out / "summary.csv", lambda p: summary.to_csv(p, index=False))
-
+    resumed = run_cells(cells, out, backend, workers, scheduler, show_progress)
+    results = collect(cells, out)
+    summary = pd.read_csv(out / "summary.csv")
     from experiments import report
 
     report.write(experiment, cfg, results, summary, out)
-    manifest = {
-        "experiment": name,
-        "seeds": list(range(seeds)),
-        "config": flatten_json(cfg),
-        "config_toml": to_toml(cfg),
-        "environment": environment(),
-        "wall_time_s": round(time.time() - started, 3),
-        "resumed_seeds": seeds - len(todo),
-    }
-    write_atomic(out / "manifest.json",
-                 lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    _manifest(out, study, cells, started, resumed, backend,
+              {"config_toml": to_toml(cfg)})
     return results
-
-
-def flatten_json(cfg: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(cfg).items()}

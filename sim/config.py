@@ -22,6 +22,7 @@ __all__ = [
     "flatten",
     "override",
     "from_dict",
+    "dotted_leaves",
     "to_toml",
 ]
 
@@ -143,11 +144,11 @@ def override(cfg: Any, values: dict[str, Any], _prefix: str = "") -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
-def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def dotted_leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
+            out.update(dotted_leaves(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -155,7 +156,7 @@ def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def from_dict(cfg: Any, data: dict[str, Any]) -> Any:
     """Apply a nested mapping (as read from TOML) on top of ``cfg``."""
-    return override(cfg, _leaves(data))
+    return override(cfg, dotted_leaves(data))
 
 
 def _toml_value(value: Any) -> str:

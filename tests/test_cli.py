@@ -145,9 +145,11 @@ def test_seed_gives_same_rows_whatever_the_seed_count(tiny_run, tmp_path):
 
 def test_rerun_resumes_and_a_foreign_folder_is_refused(tiny_run, capsys):
     out, results = tiny_run
-    (out / "cells" / "seed-00001.parquet").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    second = [c["key"] for c in manifest["cells"] if c["seed"] == 1]
+    (out / "cells" / f"{second[0]}.parquet").unlink()
     again = run_experiment("mnar-ratings", tiny_config(), 2, out, show_progress=False)
-    assert "resuming: 1 of 2 seeds already done" in capsys.readouterr().err
+    assert "resuming: 1 of 2 cells already done" in capsys.readouterr().err
     pd.testing.assert_frame_equal(again, results)
     with pytest.raises(ConfigError, match="holds 'mnar-ratings' with another config"):
         run_experiment("mnar-ratings", tiny_config("selection.alpha=0.5"), 1, out,
