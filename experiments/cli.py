@@ -111,6 +111,34 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _cmd_tour(args) -> int:
+    from experiments import registry, report
+    from experiments.runner import run_experiment
+
+    out = Path(args.out or "runs/tour")
+    for name in registry.names():
+        experiment = registry.get(name)
+        cfg = build_config(name, None, [f"{k}={v}" for k, v in
+                                        experiment.TEACHING.items()])
+        print(f"tour: {name} at teaching size ({experiment.TEACHING_SEEDS} seeds)",
+              file=sys.stderr)
+        run_experiment(name, cfg, experiment.TEACHING_SEEDS, out / name,
+                       overwrite=args.overwrite, show_progress=not args.no_progress,
+                       backend=args.backend, workers=args.workers,
+                       scheduler=args.scheduler)
+    path = report.build(out)
+    print(f"wrote {path} (open it in a browser) and {out}/report.md")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from experiments import report
+
+    path = report.build(args.folder)
+    print(f"wrote {path} and report.md")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from experiments import bench
 
@@ -145,6 +173,15 @@ def make_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="output folder (default runs/sweep-FILESTEM)")
     _add_backend(sweep)
 
+    tour = sub.add_parser("tour", help="run every experiment at its teaching size "
+                          "and write one report (the main job)")
+    tour.add_argument("--out", help="output folder (default runs/tour)")
+    _add_backend(tour)
+
+    report = sub.add_parser("report", help="rebuild a study's (or a tour's) report "
+                            "as Markdown and self-contained HTML")
+    report.add_argument("folder")
+
     bench = sub.add_parser("bench", help="print speed figures with their references")
     bench.add_argument("--quick", action="store_true",
                        help="smaller sizes, for a smoke check")
@@ -178,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "bench":  # bench sets its own threads per reference
         pin_threads()
     handler = {"list": _cmd_list, "show": _cmd_show, "run": _cmd_run,
-               "sweep": _cmd_sweep, "bench": _cmd_bench}[args.command]
+               "sweep": _cmd_sweep, "tour": _cmd_tour, "report": _cmd_report,
+               "bench": _cmd_bench}[args.command]
     try:
         return handler(args)
     except ConfigError as err:

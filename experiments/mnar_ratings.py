@@ -41,6 +41,11 @@ from sim.world import WorldConfig
 NAME = "mnar-ratings"
 DEFAULT_SEEDS = 5
 KEY_METRICS = ("mse_truth", "mse_observed")
+# The tour's size: the default world with fewer seeds; the lesson (naive good
+# on the observed test, bad on the truth; IPS with true propensities better on
+# the truth) shows at once at this size.
+TEACHING: dict[str, str] = {}
+TEACHING_SEEDS = 3
 
 METHODS = {"mf-naive": "naive", "mf-ips": "ips", "mf-snips": "snips", "mf-dr": "dr"}
 PROPENSITIES = ("true", "naive-bayes", "logistic", "popularity")

@@ -1,7 +1,16 @@
-"""Figures and a plain-words report from an experiment's results."""
+"""Figures and plain-words reports (Markdown and self-contained HTML).
+
+`write` and `write_sweep` draw one study's figures and write its
+``report.md``; `build` (the `biaslab report DIR` command) rebuilds them from
+the stored results and adds ``report.html`` with every figure embedded, for
+one study or for a folder of studies (a tour).
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,7 +19,7 @@ import pandas as pd
 
 from experiments.runner import write_atomic
 
-__all__ = ["write", "interval_plot"]
+__all__ = ["write", "write_sweep", "interval_plot", "dose_response", "build"]
 
 
 def _label(row: pd.Series) -> str:
@@ -57,18 +66,8 @@ def write(experiment: ModuleType, cfg: Any, results: pd.DataFrame,
     lines += ["", "## Summary (mean and Student-t 95% interval over seeds)", ""]
     keep = summary[["method", "propensity", "metric", "n", "mean", "ci_low",
                     "ci_high"]]
-    lines.append(keep.to_markdown(index=False, floatfmt=".4g")
-                 if _has_tabulate() else "```\n" + keep.to_string(index=False)
-                 + "\n```")
+    lines.append(keep.to_markdown(index=False, floatfmt=".4g"))
     write_atomic(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def dose_response(summary: pd.DataFrame, key: str, metrics: list[str], path: Path,
@@ -122,5 +121,86 @@ def write_sweep(experiment: ModuleType, grid: dict, results: pd.DataFrame,
     lines += ["", "## Summary (mean and Student-t 95% interval over seeds)", ""]
     keep = summary[summary["metric"].isin(metrics)][
         ["method", "propensity", *grid, "metric", "n", "mean", "ci_low", "ci_high"]]
-    lines += ["```", keep.to_string(index=False), "```"]
+    lines.append(keep.to_markdown(index=False, floatfmt=".4g"))
     write_atomic(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _rebuild(study_dir: Path) -> str:
+    """Redraw one study's figures and report.md from its stored results; return
+    the Markdown."""
+    from experiments import registry
+    from sim.config import override
+
+    study = json.loads((study_dir / "study.json").read_text())
+    experiment = registry.get(study["experiment"])
+    results = pd.read_parquet(study_dir / "results.parquet")
+    summary = pd.read_csv(study_dir / "summary.csv")
+    if "sweep" in study:
+        write_sweep(experiment, study["sweep"]["grid"], results, summary, study_dir)
+    else:
+        values = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v
+                  for k, v in study["config"].items()}
+        cfg = override(experiment.Config(), values).resolve()
+        write(experiment, cfg, results, summary, study_dir)
+    return (study_dir / "report.md").read_text()
+
+
+def _embed_images(html: str, base: Path) -> str:
+    """Replace every <img src="relative.png"> by a data: URI of the file."""
+
+    def embed(match: re.Match) -> str:
+        path = base / match.group(2)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{match.group(1)}data:image/png;base64,{data}"'
+
+    return re.sub(r'(<img[^>]*src=")([^"]+\.png)"', embed, html)
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
+       padding: 0 1rem; line-height: 1.45; color: #222; }}
+img {{ max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0; }}
+table {{ border-collapse: collapse; font-size: 0.8rem; margin: 0.5rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.15rem 0.4rem; text-align: right; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def build(folder: str | Path) -> Path:
+    """Rebuild the report of a study folder, or of every study in a folder
+    (one level down), as ``report.md`` and a self-contained ``report.html``."""
+    import markdown
+
+    from sim.config import ConfigError
+
+    folder = Path(folder)
+    if (folder / "study.json").exists():
+        parts = [("", _rebuild(folder))]
+    else:
+        studies = sorted(p for p in folder.glob("*/study.json")) if folder.is_dir() else []
+        if not studies:
+            raise ConfigError(
+                f"report folder must hold a study (study.json) or studies one level "
+                f"down, got {str(folder)!r}")
+        parts = [(p.parent.name + "/", _rebuild(p.parent)) for p in studies]
+    sections = []
+    for prefix, text in parts:
+        text = text.replace("](figures/", f"]({prefix}figures/")
+        if prefix:  # demote headings one level under the folder's title
+            text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+        sections.append(text)
+    title = "biaslab report" if len(parts) > 1 or parts[0][0] else parts[0][1].split(
+        "\n", 1)[0].lstrip("# ")
+    combined = (f"# {title}\n\n" if len(parts) > 1 or parts[0][0] else "") + \
+        "\n\n".join(sections)
+    if len(parts) > 1 or parts[0][0]:
+        write_atomic(folder / "report.md", lambda p: p.write_text(combined))
+    body = markdown.markdown(combined, extensions=["tables", "fenced_code"])
+    html = HTML_PAGE.format(title=title, body=_embed_images(body, folder))
+    write_atomic(folder / "report.html", lambda p: p.write_text(html))
+    return folder / "report.html"

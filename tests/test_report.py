@@ -1,0 +1,58 @@
+"""Reports: Markdown and self-contained HTML, for a study and for a tour."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from experiments import mnar_ratings
+from experiments.cli import main
+from experiments.report import build
+from sim.config import ConfigError
+
+TINY = {
+    "world.n_users": "40", "world.n_items": "30", "world.dim": "2",
+    "selection.density": "0.1", "train.dim": "2", "train.l2_grid": "[0.001]",
+    "train.max_epochs": "2", "train.batch_size": "64",
+    "propensity.logistic_steps": "5",
+}
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tour")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(mnar_ratings, "TEACHING", TINY)
+    patch.setattr(mnar_ratings, "TEACHING_SEEDS", 2)
+    try:
+        assert main(["tour", "--out", str(out), "--no-progress"]) == 0
+    finally:
+        patch.undo()
+    return out
+
+
+def test_tour_writes_one_self_contained_report(tour):
+    html = (tour / "report.html").read_text()
+    images = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    figures = list(tour.glob("*/figures/*.png"))
+    assert len(images) == len(figures) >= 3
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert "http://" not in html and "https://" not in html
+    assert "<table>" in html
+    text = (tour / "report.md").read_text()
+    assert "## mnar-ratings" in text and "(mnar-ratings/figures/" in text
+
+
+def test_report_command_rebuilds_a_single_study(tour, capsys):
+    study = tour / "mnar-ratings"
+    (study / "report.html").unlink(missing_ok=True)
+    assert main(["report", str(study)]) == 0
+    html = (study / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list(study.glob("figures/*.png")))
+    assert "Naive looks good where it was trained" in html
+
+
+def test_report_of_a_folder_without_studies_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="report folder must hold a study"):
+        build(tmp_path)
