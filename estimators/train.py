@@ -46,7 +46,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from estimators.models import Params, init_mf, predict_mf
+from estimators import implicit as imp
+from estimators.implicit import (
+    IMPLICIT_OBJECTIVES,
+    IMPRESSION_OBJECTIVES,
+    PAIR_OBJECTIVES,
+    ImplicitConfig,
+    ImplicitData,
+    ImpressionData,
+    WMFConfig,
+)
+from estimators.models import (
+    MODELS,
+    NCFConfig,
+    Params,
+    init_mf,
+    init_ncf,
+    predict,
+    predict_mf,
+)
 from estimators.objectives import (
     OBJECTIVES,
     WEIGHTED,
@@ -69,6 +87,9 @@ __all__ = [
     "fit",
     "search",
     "check_inputs",
+    "fit_implicit",
+    "search_implicit",
+    "check_implicit_inputs",
 ]
 
 OPTIMIZERS = ("adam", "sparse")
@@ -441,6 +462,10 @@ class _Spec(NamedTuple):
     n_cells_drawn: int  # M, uniform cells per minibatch for DR
     n_users: int
     n_items: int
+    model: str = "mf"  # "mf" or "ncf"
+    n_negatives: int = 0  # m, sampled items per positive (pair objectives)
+    sampler: str = "uniform"  # negative sampler (pair objectives but ubpr)
+    ubpr_clip: bool = False
 
 
 class _Hyper(NamedTuple):
@@ -450,6 +475,8 @@ class _Hyper(NamedTuple):
     l2: jax.Array
     density: jax.Array  # n_train / N
     inv_cells: jax.Array  # 1 / N
+    alpha: Any = 0.0  # wmf.alpha
+    floor: Any = 1.0  # implicit.propensity_floor
 
 
 class _State(NamedTuple):
@@ -482,7 +509,139 @@ def _draw_cells(key, spec: _Spec) -> tuple[jax.Array, jax.Array]:
     return cell_users, cell_items
 
 
-def _step(state: _State, batch: Batch, key, hyper: _Hyper, spec: _Spec) -> _State:
+class PairBatch(NamedTuple):
+    """One minibatch of clicked pairs, every field (B,): ``users``,
+    ``items``, ``plays``, ``p_expose`` (1.0 on padding), ``mask``."""
+
+    users: jax.Array
+    items: jax.Array
+    plays: jax.Array
+    p_expose: jax.Array
+    mask: jax.Array
+
+
+class ClickBatch(NamedTuple):
+    """One minibatch of impressions, every field (B,); padding holds 1.0 in
+    ``p_examine`` and ``eps_plus`` and 0.0 in the rest, so it stays finite."""
+
+    users: jax.Array
+    items: jax.Array
+    clicks: jax.Array
+    p_examine: jax.Array
+    eps_plus: jax.Array
+    eps_minus: jax.Array
+    relevance: jax.Array
+    mask: jax.Array
+
+
+def _row_norms(params, users, items) -> jax.Array:
+    """Squared norms of the embedding rows (and biases) of each pair, (n,)."""
+    if "gmf_user" in params:
+        tables = (("gmf_user", users), ("mlp_user", users),
+                  ("gmf_item", items), ("mlp_item", items))
+        return sum(jnp.sum(params[name][ids] ** 2, -1) for name, ids in tables)
+    return (
+        jnp.sum(params["user_factors"][users] ** 2, -1)
+        + jnp.sum(params["item_factors"][items] ** 2, -1)
+        + params["user_bias"][users] ** 2
+        + params["item_bias"][items] ** 2
+    )
+
+
+def _implicit_l2(params, users, items, weights, mask, l2) -> jax.Array:
+    """``l2 * sum_k weights_k |rows of pair k|^2 / sum(mask)``: every scored
+    pair (positives and their negatives) penalises its rows once per
+    occurrence, per positive of the batch; NCF's dense layers add
+    ``l2 * sum |W|^2`` once per step."""
+    penalty = jnp.sum(weights * _row_norms(params, users, items))
+    penalty = penalty / jnp.maximum(jnp.sum(mask), 1.0)
+    if "mlp" in params:
+        penalty += sum(jnp.sum(layer["w"] ** 2) for layer in params["mlp"])
+        penalty += jnp.sum(params["out_w"] ** 2)
+    return l2 * penalty
+
+
+def _pair_objective(spec, hyper, pos, neg, batch, neg_clicked, neg_p_expose):
+    """The pair objective ``spec.objective`` on logits ``pos`` (B,), ``neg``
+    (B, m) (see :mod:`estimators.implicit`)."""
+    if spec.objective == "bce":
+        return imp.bce(pos, neg, batch.mask)
+    if spec.objective == "bpr":
+        return imp.bpr(pos, neg, batch.mask)
+    if spec.objective == "wmf":
+        return imp.wmf(pos, neg, batch.plays, hyper.alpha, batch.mask)
+    if spec.objective == "relmf":
+        return imp.relmf(pos, neg, batch.p_expose, hyper.floor, batch.mask)
+    return imp.ubpr(pos, neg, batch.p_expose, neg_clicked, neg_p_expose,
+                    hyper.floor, spec.ubpr_clip, batch.mask)
+
+
+def _draw_negatives(key, index, users, spec: _Spec):
+    """(B, m) negatives for ``users`` (B,), with (for ubpr) whether each was
+    clicked and its p_expose; the others get ``None`` for those two."""
+    shape = (users.shape[0], spec.n_negatives)
+    if spec.objective == "ubpr":
+        negatives = jax.random.randint(key, shape, 0, spec.n_items, jnp.int32)
+        clicked, p_expose = imp.lookup_positives(index, users, negatives)
+        return negatives, clicked.astype(jnp.float32), p_expose
+    return imp.sample_negatives(key, index, users, shape[1], spec.sampler), None, None
+
+
+def _pair_step(state: _State, batch: PairBatch, key, hyper, spec, index) -> _State:
+    size, m = spec.batch_size, spec.n_negatives
+    negatives, neg_clicked, neg_p_expose = _draw_negatives(
+        key, index, batch.users, spec
+    )
+    weights = jnp.concatenate([batch.mask, jnp.repeat(batch.mask, m)])
+
+    def loss_of(params, users, items):
+        logits = predict(params, users, items)
+        pos, neg = logits[:size], logits[size:].reshape(size, m)
+        loss = _pair_objective(spec, hyper, pos, neg, batch, neg_clicked,
+                               neg_p_expose)
+        return loss + _implicit_l2(params, users, items, weights, batch.mask,
+                                   hyper.l2)
+
+    params, opt_state = _update(
+        spec.optimizer, state.params, state.opt_state, loss_of,
+        jnp.concatenate([batch.users, jnp.repeat(batch.users, m)]),
+        jnp.concatenate([batch.items, negatives.reshape(-1)]),
+        hyper.lr,
+    )
+    return state._replace(params=params, opt_state=opt_state)
+
+
+def _click_loss(spec, hyper, logits, batch: ClickBatch) -> jax.Array:
+    labels = imp.click_labels(spec.objective, batch.clicks, batch.p_examine,
+                              batch.eps_plus, batch.eps_minus, batch.relevance,
+                              hyper.floor)
+    return imp.click_bce(logits, labels, batch.mask)
+
+
+def _click_step(state: _State, batch: ClickBatch, hyper, spec) -> _State:
+    def loss_of(params, users, items):
+        logits = predict(params, users, items)
+        return _click_loss(spec, hyper, logits, batch) + _implicit_l2(
+            params, users, items, batch.mask, batch.mask, hyper.l2
+        )
+
+    params, opt_state = _update(
+        spec.optimizer, state.params, state.opt_state, loss_of,
+        batch.users, batch.items, hyper.lr,
+    )
+    return state._replace(params=params, opt_state=opt_state)
+
+
+def _step(state: _State, batch, key, hyper: _Hyper, spec: _Spec,
+          index=None) -> _State:
+    """One optimiser step on one minibatch, for every objective: the
+    explicit ones (a :class:`Batch`), the pair objectives (a
+    :class:`PairBatch`, negatives drawn here with ``key`` from ``index``) and
+    the click losses (a :class:`ClickBatch`)."""
+    if spec.objective in PAIR_OBJECTIVES:
+        return _pair_step(state, batch, key, hyper, spec, index)
+    if spec.objective in IMPRESSION_OBJECTIVES:
+        return _click_step(state, batch, hyper, spec)
     size = spec.batch_size
     if spec.objective != "dr":
         loss = _SINGLE_PHASE[spec.objective]
@@ -534,8 +693,23 @@ def _step(state: _State, batch: Batch, key, hyper: _Hyper, spec: _Spec) -> _Stat
 
 
 def _valid_estimate(params, valid, hyper: _Hyper, spec: _Spec) -> jax.Array:
-    """Naive MSE on valid for ``naive``; otherwise the IPS estimate of the
-    full-matrix MSE, (1/N) sum_valid e / p_valid."""
+    """Naive MSE on valid for ``naive``; the IPS estimate of the full-matrix
+    MSE, (1/N) sum_valid e / p_valid, for the other explicit objectives; for
+    the implicit ones the objective itself (no L2) on the whole validation
+    set, debiased the same way: its own propensities, and for the pair
+    objectives negatives drawn once per fit."""
+    if spec.objective in PAIR_OBJECTIVES:
+        users, items, plays, p_expose, negatives, neg_clicked, neg_p_expose = valid
+        n, m = negatives.shape
+        logits = predict(params, jnp.concatenate([users, jnp.repeat(users, m)]),
+                         jnp.concatenate([items, negatives.reshape(-1)]))
+        batch = PairBatch(users, items, plays, p_expose, jnp.ones_like(plays))
+        return _pair_objective(spec, hyper, logits[:n], logits[n:].reshape(n, m),
+                               batch, neg_clicked, neg_p_expose)
+    if spec.objective in IMPRESSION_OBJECTIVES:
+        batch = ClickBatch(*valid, jnp.ones_like(valid[2]))
+        logits = predict(params, batch.users, batch.items)
+        return _click_loss(spec, hyper, logits, batch)
     users, items, ratings, propensity = valid
     error = (predict_mf(params, users, items) - ratings) ** 2
     if spec.objective == "naive":
@@ -570,13 +744,41 @@ def _shuffle(key, n: int) -> jax.Array:
     return order.astype(jnp.int32)
 
 
+def _make_batch(spec: _Spec, columns, real):
+    """The minibatch of ``spec.objective`` from its training columns, each
+    already cut to the batch's rows, and the mask ``real``; padded rows get
+    neutral, finite propensities."""
+    def real_or(value, fill):
+        return jnp.where(real > 0, value, fill)
+
+    if spec.objective in PAIR_OBJECTIVES:
+        users, items, plays, p_expose = columns
+        return PairBatch(users, items, plays, real_or(p_expose, 1.0), real)
+    if spec.objective in IMPRESSION_OBJECTIVES:
+        users, items, clicks, p_examine, eps_plus, eps_minus, relevance = columns
+        return ClickBatch(users, items, clicks, real_or(p_examine, 1.0),
+                          real_or(eps_plus, 1.0), real_or(eps_minus, 0.0),
+                          relevance, real)
+    users, items, ratings, propensity = columns
+    return Batch(users=users, items=items, ratings=ratings,
+                 propensity=real_or(propensity, 1.0), mask=real)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec):
+def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec,
+           index=None):
     """One pass over the training set; returns the new state and the
-    validation estimate of the new parameters."""
+    validation estimate of the new parameters.
+
+    ``train`` is a tuple of (n,) columns (ids first): explicit ``(users,
+    items, ratings, propensity)``, pairs ``(users, items, plays, p_expose)``,
+    impressions ``(users, items, clicks, p_examine, eps_plus, eps_minus,
+    relevance)``. ``index`` is the training positives'
+    :class:`~estimators.implicit.PositiveIndex` for the pair objectives.
+    """
     _TRACE_COUNT[0] += 1
-    users, items, ratings, propensity = train
-    n_train = users.shape[0]
+    n_train = train[0].shape[0]
+    dtype = jnp.float32
     size, n_batches = spec.batch_size, spec.n_batches
     n_pad = n_batches * size - n_train
     key_order, key_cells = jax.random.split(key)
@@ -585,20 +787,14 @@ def _epoch(state: _State, train, valid, hyper: _Hyper, key, spec: _Spec):
         [_shuffle(key_order, n_train), jnp.zeros((n_pad,), jnp.int32)]
     ).reshape(n_batches, size)
     mask = jnp.concatenate(
-        [jnp.ones((n_train,), ratings.dtype), jnp.zeros((n_pad,), ratings.dtype)]
+        [jnp.ones((n_train,), dtype), jnp.zeros((n_pad,), dtype)]
     ).reshape(n_batches, size)
     cell_keys = jax.random.split(key_cells, n_batches)
 
     def body(state, inputs):
         rows, real, cell_key = inputs
-        batch = Batch(
-            users=users[rows],
-            items=items[rows],
-            ratings=ratings[rows],
-            propensity=jnp.where(real > 0, propensity[rows], 1.0),
-            mask=real,
-        )
-        return _step(state, batch, cell_key, hyper, spec), None
+        batch = _make_batch(spec, tuple(column[rows] for column in train), real)
+        return _step(state, batch, cell_key, hyper, spec, index), None
 
     state, _ = jax.lax.scan(body, state, (order, mask, cell_keys))
     return state, _valid_estimate(state.params, valid, hyper, spec)
@@ -695,13 +891,35 @@ def _fit_checked(objective, train, valid, n_users, n_items, cfg, dr, key):
         imputation = imputation_opt = None
     opt_state = _init_opt(cfg.optimizer, params)
     state = _State(params, opt_state, imputation, imputation_opt)
+    best, best_params, best_epoch, history = _train_loop(
+        state, train_arrays, valid_arrays, hyper, spec, None, key_train, cfg
+    )
+    max_weight, ess = _diagnostics(objective, train, density)
+    return FitResult(
+        params=jax.tree.map(np.asarray, best_params),
+        l2=float(cfg.l2),
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        valid_estimate=best,
+        history=history,
+        max_weight=max_weight,
+        ess=ess,
+    )
 
+
+def _train_loop(state, train_arrays, valid_arrays, hyper, spec, index, key_train,
+                cfg: TrainConfig):
+    """The epochs of every fit, explicit or implicit: run compiled epochs,
+    keep the parameters of the best validation estimate, stop after
+    ``cfg.patience`` epochs without improvement or on divergence. Returns
+    (best estimate, best parameters, best epoch, history)."""
+    params = state.params
     best, best_params, best_epoch, stale = math.inf, params, 0, 0
     history: list[float] = []
     for epoch in range(1, cfg.max_epochs + 1):
         epoch_key = jax.random.fold_in(key_train, epoch)
         state, estimate = _epoch(
-            state, train_arrays, valid_arrays, hyper, epoch_key, spec
+            state, train_arrays, valid_arrays, hyper, epoch_key, spec, index
         )
         estimate = float(estimate)
         history.append(estimate)
@@ -715,7 +933,7 @@ def _fit_checked(objective, train, valid, n_users, n_items, cfg, dr, key):
                 f"training diverged at epoch {epoch} (validation estimate "
                 f"{estimate}); stopped and kept epoch {best_epoch}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             break
         if estimate < best:
@@ -724,18 +942,7 @@ def _fit_checked(objective, train, valid, n_users, n_items, cfg, dr, key):
             stale += 1
             if stale >= cfg.patience:
                 break
-
-    max_weight, ess = _diagnostics(objective, train, density)
-    return FitResult(
-        params=jax.tree.map(np.asarray, best_params),
-        l2=float(cfg.l2),
-        epochs_run=len(history),
-        best_epoch=best_epoch,
-        valid_estimate=best,
-        history=history,
-        max_weight=max_weight,
-        ess=ess,
-    )
+    return best, best_params, best_epoch, history
 
 
 def search(
@@ -758,6 +965,424 @@ def search(
         result = _fit_checked(
             objective, train, valid, n_users, n_items,
             dataclasses.replace(cfg, l2=float(l2)), dr, key,
+        )
+        if best is None or result.valid_estimate < best.valid_estimate:
+            best = result
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------
+# Implicit feedback: the same loop, other objectives
+
+
+def _check_ids_and_lengths(name, data, fields, n_users, n_items, what):
+    arrays = {field: np.asarray(getattr(data, field)) for field in fields}
+    for field, array in arrays.items():
+        check(array.ndim == 1, f"{name}.{field}", "a 1-d array", array.shape)
+    length = arrays["users"].shape[0]
+    for field, array in arrays.items():
+        check(array.shape[0] == length, f"{name}.{field}",
+              f"of the same length as {name}.users ({length})", array.shape[0])
+    check(length > 0, name, f"non-empty (at least one {what})", length)
+    for field, bound in (("users", n_users), ("items", n_items)):
+        ids = arrays[field]
+        check(np.issubdtype(ids.dtype, np.integer), f"{name}.{field}",
+              "integer ids", ids.dtype.name)
+        bad = (ids < 0) | (ids >= bound)
+        if bad.any():
+            k = _first_bad(bad)
+            check(False, f"{name}.{field}", f"in [0, {bound})", _Shown(ids[k], k))
+    for field, array in arrays.items():
+        if field in ("users", "items"):
+            continue
+        check(np.issubdtype(array.dtype, np.number) and array.dtype != bool
+              or (array.dtype == bool and field in ("clicks", "relevance")),
+              f"{name}.{field}", "numbers", array.dtype.name)
+    return arrays
+
+
+def _check_values(name, field, values, bad, accepted):
+    if bad.any():
+        k = _first_bad(bad)
+        check(False, f"{name}.{field}", accepted, _Shown(values[k], k))
+
+
+def _check_pairs(name, data, n_users, n_items, need_p_expose: str | None):
+    check(isinstance(data, ImplicitData), name, "an ImplicitData",
+          type(data).__name__)
+    fields = ["users", "items", "clicks", "plays"]
+    if data.p_expose is not None:
+        fields.append("p_expose")
+    elif need_p_expose is not None:
+        check(False, f"{name}.p_expose", f"given for objective {need_p_expose!r}",
+              None)
+    arrays = _check_ids_and_lengths(name, data, fields, n_users, n_items,
+                                    "clicked pair")
+    clicks = arrays["clicks"].astype(np.float64)
+    _check_values(name, "clicks", clicks,
+                  ~(np.isfinite(clicks) & (clicks >= 1) & (clicks == np.round(clicks))),
+                  "integers >= 1 (every row is a clicked pair)")
+    plays = arrays["plays"].astype(np.float64)
+    _check_values(name, "plays", plays, ~(np.isfinite(plays) & (plays >= 0)),
+                  "finite and >= 0")
+    if "p_expose" in arrays:
+        p_expose = arrays["p_expose"].astype(np.float64)
+        _check_values(name, "p_expose", p_expose, ~((p_expose > 0) & (p_expose <= 1)),
+                      "in (0, 1]")
+    keys = arrays["users"].astype(np.int64) * n_items + arrays["items"]
+    unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        key = unique[counts > 1][0]
+        where = np.flatnonzero(keys == key)[:2].tolist()
+        raise ConfigError(
+            f"{name} must hold each (user, item) pair once, got pair "
+            f"({key // n_items}, {key % n_items}) at indices {where[0]} and "
+            f"{where[1]}"
+        )
+
+
+def _check_impressions(name, data, n_users, n_items, objective: str):
+    check(isinstance(data, ImpressionData), name, "an ImpressionData",
+          type(data).__name__)
+    needs = {"click_ips": ("p_examine",),
+             "click_affine": ("p_examine", "eps_plus", "eps_minus"),
+             "click_oracle": ("relevance",)}.get(objective, ())
+    for field in needs:
+        if getattr(data, field) is None:
+            check(False, f"{name}.{field}", f"given for objective {objective!r}",
+                  None)
+    optional = ("p_examine", "eps_plus", "eps_minus", "relevance")
+    fields = ["users", "items", "clicks"] + [
+        f for f in optional if getattr(data, f) is not None
+    ]
+    arrays = _check_ids_and_lengths(name, data, fields, n_users, n_items,
+                                    "impression")
+    for field in ("clicks", "relevance"):
+        if field in arrays:
+            values = arrays[field].astype(np.float64)
+            _check_values(name, field, values, ~((values == 0) | (values == 1)),
+                          "0 or 1")
+    if "p_examine" in arrays:
+        theta = arrays["p_examine"].astype(np.float64)
+        _check_values(name, "p_examine", theta, ~((theta > 0) & (theta <= 1)),
+                      "in (0, 1]")
+    for field in ("eps_plus", "eps_minus"):
+        if field in arrays:
+            values = arrays[field].astype(np.float64)
+            _check_values(name, field, values, ~((values >= 0) & (values <= 1)),
+                          "in [0, 1]")
+    if "eps_plus" in arrays and "eps_minus" in arrays:
+        plus = arrays["eps_plus"].astype(np.float64)
+        minus = arrays["eps_minus"].astype(np.float64)
+        bad = ~(plus > minus)
+        if bad.any():
+            k = _first_bad(bad)
+            raise ConfigError(
+                f"{name}.eps_plus must be > {name}.eps_minus (otherwise a click "
+                f"says nothing about relevance), got {plus[k]!r} <= {minus[k]!r} "
+                f"(index {k})"
+            )
+
+
+def _item_weights(train: ImplicitData, n_items: int, beta: float) -> np.ndarray:
+    """The popularity sampler's weights ``w_j = n_j^beta`` (I,), ``n_j`` the
+    item's clicks in the training pairs."""
+    counts = np.bincount(np.asarray(train.items), minlength=n_items,
+                         weights=np.asarray(train.clicks, np.float64))
+    return counts**beta
+
+
+def _check_samplable(name, users, items, n_users, n_items, weights, implicit_cfg):
+    """Every user with a positive must keep a non-positive to sample."""
+    users = np.asarray(users, np.int64)
+    items = np.asarray(items, np.int64)
+    keys = np.unique(users * n_items + items)
+    pos_users = keys // n_items
+    if implicit_cfg.sampler == "uniform":
+        counts = np.bincount(pos_users, minlength=n_users)
+        full = np.flatnonzero(counts >= n_items)
+        if full.size:
+            raise ConfigError(
+                f"{name} must leave every user an unclicked item to sample as a "
+                f"negative, got user {full[0]} with all {n_items} items clicked"
+            )
+        return
+    pos_mass = np.bincount(pos_users, weights=weights[keys % n_items],
+                           minlength=n_users)
+    free = weights.sum() - pos_mass
+    stuck = np.flatnonzero((free <= 1e-12 * max(weights.sum(), 1.0))
+                           & (np.bincount(pos_users, minlength=n_users) > 0))
+    if stuck.size:
+        raise ConfigError(
+            f"{name} must leave every user an unclicked item of positive weight "
+            f"for implicit.sampler 'popularity' (beta "
+            f"{implicit_cfg.sampler_beta}), got user {stuck[0]} with none"
+        )
+
+
+def check_implicit_inputs(
+    objective: str,
+    train: ImplicitData | ImpressionData,
+    valid: ImplicitData | ImpressionData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    implicit_cfg: ImplicitConfig,
+    model: str = "mf",
+    ncf: NCFConfig = NCFConfig(),
+    wmf: WMFConfig = WMFConfig(),
+) -> None:
+    """Refuse bad arguments of :func:`fit_implicit` with a ``ConfigError``
+    naming the field, the accepted range and the value received."""
+    check(objective in IMPLICIT_OBJECTIVES, "objective",
+          "one of " + ", ".join(map(repr, IMPLICIT_OBJECTIVES)), objective)
+    _check_int(n_users, "n_users", 1)
+    _check_int(n_items, "n_items", 1)
+    check(isinstance(cfg, TrainConfig), "cfg", "a TrainConfig", type(cfg).__name__)
+    check(isinstance(implicit_cfg, ImplicitConfig), "implicit_cfg",
+          "an ImplicitConfig", type(implicit_cfg).__name__)
+    check(isinstance(ncf, NCFConfig), "ncf", "an NCFConfig", type(ncf).__name__)
+    check(isinstance(wmf, WMFConfig), "wmf", "a WMFConfig", type(wmf).__name__)
+    check(model in MODELS, "model", "one of " + ", ".join(map(repr, MODELS)), model)
+    check(model == "mf" or cfg.optimizer == "adam", "train.optimizer",
+          f"'adam' for model {model!r} (the row-sparse optimiser is MF-only)",
+          cfg.optimizer)
+    if objective in IMPRESSION_OBJECTIVES:
+        _check_impressions("train", train, n_users, n_items, objective)
+        _check_impressions("valid", valid, n_users, n_items, objective)
+        return
+    check(objective != "ubpr" or implicit_cfg.sampler == "uniform",
+          "implicit.sampler", "'uniform' for objective 'ubpr' (it draws j from "
+          "all items)", implicit_cfg.sampler)
+    need = objective if objective in ("relmf", "ubpr") else None
+    _check_pairs("train", train, n_users, n_items, need)
+    _check_pairs("valid", valid, n_users, n_items, need)
+    if objective == "ubpr":
+        return
+    weights = _item_weights(train, n_items, implicit_cfg.sampler_beta)
+    _check_samplable("train", train.users, train.items, n_users, n_items, weights,
+                     implicit_cfg)
+    _check_samplable(
+        "train and valid together",
+        np.concatenate([np.asarray(train.users), np.asarray(valid.users)]),
+        np.concatenate([np.asarray(train.items), np.asarray(valid.items)]),
+        n_users, n_items, weights, implicit_cfg,
+    )
+
+
+def _floored(objective, train, valid, floor: float) -> None:
+    """Warn when ``implicit.propensity_floor`` raises propensities."""
+    field = ("p_expose" if objective in ("relmf", "ubpr") else
+             "p_examine" if objective in ("click_ips", "click_affine") else None)
+    if field is None:
+        return
+    for name, data in (("train", train), ("valid", valid)):
+        values = np.asarray(getattr(data, field), np.float64)
+        low = values < floor
+        if low.any():
+            warnings.warn(
+                f"implicit.propensity_floor {floor} raised {int(low.sum())} of "
+                f"{values.size} {name}.{field} values (smallest "
+                f"{values.min():.3g}) to the floor",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+def _implicit_weights(objective, train, floor: float) -> np.ndarray:
+    """Per-sample weights (n,) as the objective uses them: ``1/theta`` for
+    relmf, ubpr (the positive's factor) and click_ips, ``1/(theta (eps_plus -
+    eps_minus))`` for click_affine, 1 otherwise."""
+    n = np.asarray(train.users).shape[0]
+    if objective in ("relmf", "ubpr"):
+        return 1.0 / np.maximum(np.asarray(train.p_expose, np.float64), floor)
+    if objective in ("click_ips", "click_affine"):
+        weights = 1.0 / np.maximum(np.asarray(train.p_examine, np.float64), floor)
+        if objective == "click_affine":
+            weights /= (np.asarray(train.eps_plus, np.float64)
+                        - np.asarray(train.eps_minus, np.float64))
+        return weights
+    return np.ones(n)
+
+
+def _f32(values, fill: float, n: int) -> jax.Array:
+    if values is None:
+        return jnp.full((n,), fill, jnp.float32)
+    return jnp.asarray(np.asarray(values, np.float64), jnp.float32)
+
+
+def _ids(values) -> jax.Array:
+    return jnp.asarray(np.asarray(values, np.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _valid_negatives(key, index, users, spec: _Spec):
+    """The validation set's negatives, drawn once per fit."""
+    negatives, clicked, p_expose = _draw_negatives(key, index, users, spec)
+    if clicked is None:
+        clicked = jnp.zeros(negatives.shape, jnp.float32)
+        p_expose = jnp.ones(negatives.shape, jnp.float32)
+    return negatives, clicked, p_expose
+
+
+def _fit_implicit_checked(objective, train, valid, n_users, n_items, cfg,
+                          implicit_cfg, key, model, ncf, wmf):
+    n_train = int(np.asarray(train.users).shape[0])
+    n_valid = int(np.asarray(valid.users).shape[0])
+    n_cells = n_users * n_items
+    floor = implicit_cfg.propensity_floor
+    _floored(objective, train, valid, floor)
+    pairs = objective in PAIR_OBJECTIVES
+    spec = _Spec(
+        objective=objective,
+        optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size,
+        n_batches=-(-n_train // cfg.batch_size),
+        n_cells_drawn=1,
+        n_users=n_users,
+        n_items=n_items,
+        model=model,
+        n_negatives=implicit_cfg.negatives if pairs else 0,
+        sampler=implicit_cfg.sampler,
+        ubpr_clip=implicit_cfg.ubpr_clip,
+    )
+    hyper = _Hyper(
+        lr=jnp.float32(cfg.lr),
+        l2=jnp.float32(cfg.l2),
+        density=jnp.float32(n_train / n_cells),
+        inv_cells=jnp.float32(1.0 / n_cells),
+        alpha=jnp.float32(wmf.alpha),
+        floor=jnp.float32(floor),
+    )
+    key_model, key_valid, key_train = jax.random.split(key, 3)
+
+    index = None
+    if pairs:
+        weights = _item_weights(train, n_items, implicit_cfg.sampler_beta)
+        index = imp.positive_index(train.users, train.items, n_users, n_items,
+                                   weights, train.p_expose)
+        if objective == "ubpr":  # j's clicks and p_expose are the valid split's
+            valid_index = imp.positive_index(valid.users, valid.items, n_users,
+                                             n_items, None, valid.p_expose)
+        else:  # a held-out positive is not a negative either
+            valid_index = imp.positive_index(
+                np.concatenate([np.asarray(train.users), np.asarray(valid.users)]),
+                np.concatenate([np.asarray(train.items), np.asarray(valid.items)]),
+                n_users, n_items, weights,
+            )
+        negatives = _valid_negatives(key_valid, valid_index, _ids(valid.users),
+                                     spec)
+        train_arrays = (_ids(train.users), _ids(train.items),
+                        _f32(train.plays, 0.0, n_train),
+                        _f32(train.p_expose, 1.0, n_train))
+        valid_arrays = (_ids(valid.users), _ids(valid.items),
+                        _f32(valid.plays, 0.0, n_valid),
+                        _f32(valid.p_expose, 1.0, n_valid), *negatives)
+    else:
+        def columns(data, n):
+            return (_ids(data.users), _ids(data.items), _f32(data.clicks, 0.0, n),
+                    _f32(data.p_examine, 1.0, n), _f32(data.eps_plus, 1.0, n),
+                    _f32(data.eps_minus, 0.0, n), _f32(data.relevance, 0.0, n))
+
+        train_arrays, valid_arrays = columns(train, n_train), columns(valid, n_valid)
+
+    if model == "ncf":
+        params = init_ncf(key_model, n_users, n_items, cfg.dim, ncf.layers,
+                          cfg.init_scale)
+    else:
+        params = init_mf(key_model, n_users, n_items, cfg.dim, cfg.init_scale, 0.0)
+    state = _State(params, _init_opt(cfg.optimizer, params), None, None)
+    best, best_params, best_epoch, history = _train_loop(
+        state, train_arrays, valid_arrays, hyper, spec, index, key_train, cfg
+    )
+    weights = _implicit_weights(objective, train, floor)
+    return FitResult(
+        params=jax.tree.map(np.asarray, best_params),
+        l2=float(cfg.l2),
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        valid_estimate=best,
+        history=history,
+        max_weight=float(weights.max()),
+        ess=float(weights.sum() ** 2 / np.sum(weights**2)),
+    )
+
+
+def fit_implicit(
+    objective: str,
+    train: ImplicitData | ImpressionData,
+    valid: ImplicitData | ImpressionData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    implicit_cfg: ImplicitConfig,
+    key: jax.Array,
+    model: str = "mf",
+    ncf: NCFConfig = NCFConfig(),
+    wmf: WMFConfig = WMFConfig(),
+) -> FitResult:
+    """Train MF or NCF on an implicit objective with L2 strength ``cfg.l2``,
+    on the same compiled epoch and early-stopping loop as :func:`fit`.
+
+    Args:
+        objective: a pair objective (``bce``, ``bpr``, ``wmf``, ``relmf``,
+            ``ubpr``; ``train``/``valid`` are :class:`ImplicitData`) or a
+            click loss (``click_naive``, ``click_ips``, ``click_affine``,
+            ``click_oracle``; they are :class:`ImpressionData`). See
+            :mod:`estimators.implicit` for each formula and propensity.
+        n_users, n_items: sizes of the tables.
+        cfg: training settings (``train.*``); ``implicit_cfg``: negatives,
+            sampler and propensity floor (``implicit.*``); ``wmf``: WMF's
+            ``alpha``; ``ncf``: NCF's MLP layers.
+        key: a ``jax.random`` key; the same key gives identical parameters.
+        model: ``mf`` (either optimiser) or ``ncf`` (``adam`` only).
+
+    The pair objectives draw ``implicit.negatives`` items per positive inside
+    the compiled step, never a training positive of the user (``ubpr``: from
+    all items). The scores are logits (``wmf``: preferences). The L2 penalty
+    is per occurrence of every scored pair's rows (NCF: plus its dense
+    weights, once per step).
+
+    Early stopping watches the objective itself, without L2, on the whole
+    validation split, debiased like the training loss (the split's own
+    propensities). For the pair objectives the validation negatives are drawn
+    once per fit from the items that are positives in neither split (for
+    ``ubpr`` from all items, with ``Y_uj`` and ``p_expose`` of the validation
+    split), so the estimate changes only with the parameters. ``max_weight``
+    and ``ess`` describe the per-sample inverse-propensity weights (1 for the
+    unweighted objectives).
+    """
+    check_implicit_inputs(objective, train, valid, n_users, n_items, cfg,
+                          implicit_cfg, model, ncf, wmf)
+    return _fit_implicit_checked(objective, train, valid, n_users, n_items, cfg,
+                                 implicit_cfg, key, model, ncf, wmf)
+
+
+def search_implicit(
+    objective: str,
+    train: ImplicitData | ImpressionData,
+    valid: ImplicitData | ImpressionData,
+    n_users: int,
+    n_items: int,
+    cfg: TrainConfig,
+    implicit_cfg: ImplicitConfig,
+    key: jax.Array,
+    model: str = "mf",
+    ncf: NCFConfig = NCFConfig(),
+    wmf: WMFConfig = WMFConfig(),
+) -> FitResult:
+    """:func:`fit_implicit` for every L2 strength in ``cfg.l2_grid`` (same key,
+    same validation negatives), keeping the fit with the lowest validation
+    estimate; ``cfg.l2`` itself is ignored."""
+    check_implicit_inputs(objective, train, valid, n_users, n_items, cfg,
+                          implicit_cfg, model, ncf, wmf)
+    best: FitResult | None = None
+    for l2 in cfg.l2_grid:
+        result = _fit_implicit_checked(
+            objective, train, valid, n_users, n_items,
+            dataclasses.replace(cfg, l2=float(l2)), implicit_cfg, key, model,
+            ncf, wmf,
         )
         if best is None or result.valid_estimate < best.valid_estimate:
             best = result
