@@ -11,11 +11,14 @@ from sim.config import ConfigError
 # stays fast.
 EXPERIMENTS = {
     "mnar-ratings": "experiments.mnar_ratings",
+    "position-bias": "experiments.position_bias",
 }
 
 SUMMARIES = {
     "mnar-ratings": "explicit ratings missing not at random: naive vs IPS / SNIPS / DR "
                     "matrix factorisation, scored on the full true matrix",
+    "position-bias": "clicks under position bias: naive vs position-IPS with the true, "
+                     "RandPair and EM curves, swept over eta",
 }
 
 
