@@ -12,6 +12,7 @@ from sim.config import ConfigError
 EXPERIMENTS = {
     "mnar-ratings": "experiments.mnar_ratings",
     "position-bias": "experiments.position_bias",
+    "implicit-objectives": "experiments.implicit_objectives",
 }
 
 SUMMARIES = {
@@ -19,6 +20,8 @@ SUMMARIES = {
                     "matrix factorisation, scored on the full true matrix",
     "position-bias": "clicks under position bias: naive vs position-IPS with the true, "
                      "RandPair and EM curves, swept over eta",
+    "implicit-objectives": "positive-only clicks under popularity exposure: BCE, BPR, "
+                           "WMF, Rel-MF, UBPR against an oracle, with gap closed",
 }
 
 
