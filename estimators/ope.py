@@ -118,6 +118,7 @@ class _Log(NamedTuple):
     direct: np.ndarray | None  # (n,) sum_a pi(a|x_i) qhat(x_i, a)
     residual: np.ndarray | None  # (n,) r_i - qhat(x_i, a_i)
     support_violations: int | None
+    plain_diagnostics: list  # the diagnostics of ``weights``, once computed
 
 
 # ------------------------------------------------------------------ validation
@@ -129,7 +130,7 @@ def _where(mask: np.ndarray) -> tuple[int, ...]:
 
 def _check_probability_rows(table: np.ndarray, name: str) -> None:
     """Entries >= 0 and each row summing to 1 (this also refuses NaN and inf)."""
-    total = table.sum(axis=1)
+    total = table @ np.ones(table.shape[1])  # a matrix-vector product: fast sums
     bad = ~(np.abs(total - 1.0) <= _ROW_SUM_TOL)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -224,7 +225,7 @@ def _prepare(target: Any, actions: Any, rewards: Any, logging: Any,
                               f"{float(reward_predictions[row, col])!r} "
                               f"(row {row}, action {col})")
         residual = rewards - reward_predictions[rounds, actions]
-    return _Log(n, weights, rewards, direct, residual, violations)
+    return _Log(n, weights, rewards, direct, residual, violations, [])
 
 
 # ------------------------------------------------------------------- kernels
@@ -257,7 +258,12 @@ def _result(value: float, influence: np.ndarray, applied: np.ndarray | None,
         se = math.sqrt(float(np.dot(influence, influence)) / (n * (n - 1)))
     else:
         se = math.inf
-    ess, max_weight, top_share = _diagnostics(applied)
+    if applied is log.weights:  # shared by several estimators: computed once
+        if not log.plain_diagnostics:
+            log.plain_diagnostics.append(_diagnostics(applied))
+        ess, max_weight, top_share = log.plain_diagnostics[0]
+    else:
+        ess, max_weight, top_share = _diagnostics(applied)
     return OpeEstimate(value, se, value - _Z95 * se, value + _Z95 * se, n, ess,
                        max_weight, top_share, int(n_capped), log.support_violations,
                        threshold)
@@ -625,7 +631,8 @@ def cross_fit_rewards(
         if not np.isfinite(features).all():
             row, col = _where(~np.isfinite(features))
             raise ConfigError(f"features must be finite, got "
-                              f"{float(features[row, col])!r} (row {row}, column {col})")
+                              f"{float(features[row, col])!r} "
+                              f"(row {row}, column {col})")
         design = np.column_stack([np.ones(n), features])
 
     fold = rng.permutation(n) % n_folds

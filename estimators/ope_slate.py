@@ -182,8 +182,9 @@ def _weights(name: str, slates: np.ndarray, users: np.ndarray,
     bad = ~(denominator > 0.0)
     if bad.any():
         row, col = (int(j) for j in np.argwhere(bad)[0])
+        item = int(slates[row, col])
         raise ConfigError(f"{what} must be > 0, got {float(denominator[row, col])!r} "
-                          f"(visit {row}, rank {col + 1}, item {int(slates[row, col])})")
+                          f"(visit {row}, rank {col + 1}, item {item})")
     violations = int(np.count_nonzero((pi_support > 0.0) & (mu_support == 0.0)))
     return numerator / denominator, violations
 

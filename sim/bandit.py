@@ -64,7 +64,8 @@ def _table(values: Any, name: str, shape: tuple[int, ...] | None = None
     table = np.asarray(values, dtype=np.float64)
     if shape is None:
         check(table.ndim == 2 and min(table.shape) >= 1, name,
-              "a 2-D array with at least one row and column", _Plain(f"shape {table.shape}"))
+              "a 2-D array with at least one row and column",
+              _Plain(f"shape {table.shape}"))
     else:
         check(table.shape == shape, name, f"an array of shape {shape}",
               _Plain(f"shape {table.shape}"))
@@ -283,7 +284,8 @@ def slate_value_pbm(target_p_rank: Any, attractiveness: Any, p_examine: Any,
     table = np.asarray(target_p_rank, dtype=np.float64)
     check(table.ndim == 3 and table.shape[0] in (1, n_users)
           and table.shape[1] == n_items, "target_p_rank",
-          f"an (R, {n_items}, K) array with R = 1 or {n_users}", _Plain(f"shape {table.shape}"))
+          f"an (R, {n_items}, K) array with R = 1 or {n_users}",
+          _Plain(f"shape {table.shape}"))
     table = _probabilities(table, "target_p_rank", table.shape)
     theta = _probabilities(p_examine, "p_examine", (table.shape[2],))
     users = _check_users(users, n_users)
