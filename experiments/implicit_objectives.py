@@ -38,7 +38,7 @@ from experiments.implicit_common import (
 )
 from sim.behaviour import ClickConfig, EngagementConfig, ExaminationConfig
 from sim.config import check, check_range
-from sim.exposure import ExposureConfig, InterventionConfig
+from sim.exposure import ExposureConfig, InterventionConfig, check_slate_size
 from sim.implicit import clicks_by_pair, p_expose_pair, simulate_implicit
 from sim.relevance import RelevanceConfig
 from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
@@ -86,6 +86,7 @@ class Config:
               "p_expose_pair)", self.examination.model)
 
     def resolve(self) -> "Config":
+        check_slate_size(self.exposure.slate_size, self.world.n_items)
         if self.world.marginal is None:
             return dataclasses.replace(self, world=dataclasses.replace(
                 self.world, marginal=MUSIC_MARGINAL))

@@ -48,7 +48,12 @@ from experiments.implicit_common import (
 )
 from sim.behaviour import ClickConfig, EngagementConfig, ExaminationConfig
 from sim.config import check, check_range
-from sim.exposure import ExposureConfig, InterventionConfig, make_policy
+from sim.exposure import (
+    ExposureConfig,
+    InterventionConfig,
+    check_slate_size,
+    make_policy,
+)
 from sim.implicit import simulate_implicit
 from sim.relevance import RelevanceConfig
 from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
@@ -114,6 +119,7 @@ class Config:
               self.intervention.swap_share)
 
     def resolve(self) -> "Config":
+        check_slate_size(self.exposure.slate_size, self.world.n_items)
         if self.world.marginal is None:
             return dataclasses.replace(self, world=dataclasses.replace(
                 self.world, marginal=MUSIC_MARGINAL))
@@ -171,18 +177,26 @@ def run_seed(cfg: Config, seed: int, progress=None) -> list[dict]:
                               training["click"].to_numpy().astype(np.int64),
                               features, k, iterations=cfg.em.iterations,
                               tol=cfg.em.tol)
-        curves = {"ips-true": theta_true, "ips-swap": swap.theta, "ips-em": em.theta}
-        for method in ("ips-swap", "ips-em"):
+        estimated = {"ips-swap": swap.theta, "ips-em": em.theta}
+        for method, curve in estimated.items():
             if method in cfg.methods:
-                ranks = tuple(range(2, k + 1))
                 add(eta, method, "propensity_error",
-                    propensity_error(curves[method], theta_true, ranks=ranks))
+                    propensity_error(curve, theta_true, ranks=tuple(range(2, k + 1))))
+        # Estimated curves are relative to rank 1 (theta_1 = 1 is assumed: the
+        # top rank is always examined); sampling noise can put a rank above 1
+        # or at 0, so they are clipped into [implicit.propensity_floor, 1].
+        floor = cfg.implicit.propensity_floor
+        curves = {"ips-true": theta_true,
+                  **{m: np.clip(c, floor, 1.0) for m, c in estimated.items()}}
 
         train_positives = np.zeros((world.n_users, world.n_items), dtype=bool)
         clicked = training[training["click"].to_numpy() & ~is_valid]
         train_positives[clicked["user"].to_numpy(), clicked["item"].to_numpy()] = True
         relevant = truth_rows["relevant"].to_numpy()
-        for method_index, method in enumerate(cfg.methods):
+        # One initialisation and shuffling key for every method at this eta, so
+        # the methods differ only in their weights.
+        fit_key = jax.random.fold_in(key, eta_index)
+        for method in cfg.methods:
             if method == "random":
                 scores = np.random.default_rng(random_seq).random(
                     (world.n_users, world.n_items))
@@ -195,7 +209,7 @@ def run_seed(cfg: Config, seed: int, progress=None) -> list[dict]:
                 result = fit_implicit(
                     OBJECTIVE[method], train, valid, world.n_users, world.n_items,
                     cfg.train, cfg.implicit,
-                    jax.random.fold_in(key, eta_index * 100 + method_index))
+                    fit_key)
                 scores = model_scores(result.params)
                 add(eta, method, "epochs", result.epochs_run)
             metrics = score_ranking(scores, truth.gamma, truth.relevant,

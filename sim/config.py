@@ -105,6 +105,11 @@ def _coerce(key: str, text: Any, current: Any) -> Any:
         return float(text)
     if isinstance(current, str):
         check(isinstance(text, str), key, "a string", text)
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            try:  # a quoted TOML string, as a shell user may type it
+                text = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                pass
         return text
     if isinstance(current, tuple):
         if isinstance(text, str):
