@@ -1,10 +1,15 @@
-"""One training loop for every explicit-feedback objective.
+"""One training loop for every objective, explicit and implicit.
 
 :func:`fit` trains matrix factorisation (:mod:`estimators.models`) on one of
-the objectives of :mod:`estimators.objectives` (``naive``, ``ips``, ``snips``,
-``dr``) with minibatches, and stops early on a validation estimate that is
-debiased the same way as the objective. :func:`search` repeats the fit for
-every L2 strength of ``train.l2_grid`` and keeps the best by that estimate.
+the explicit objectives of :mod:`estimators.objectives` (``naive``, ``ips``,
+``snips``, ``dr``) with minibatches, and stops early on a validation estimate
+that is debiased the same way as the objective. :func:`search` repeats the fit
+for every L2 strength of ``train.l2_grid`` and keeps the best by that
+estimate. :func:`fit_implicit` and :func:`search_implicit` do the same for the
+implicit objectives of :mod:`estimators.implicit` (clicked pairs with negatives
+sampled inside the compiled step, or impressions with click losses), with MF
+or NCF; they run the very same compiled epoch (:func:`_epoch`) and the same
+early-stopping loop (:func:`_train_loop`), which dispatch on the objective.
 
 How it runs. A whole epoch is one compiled program: the training set is
 shuffled with ``jax.random`` inside it, cut into ``ceil(n / batch_size)``
@@ -76,7 +81,7 @@ from estimators.objectives import (
     sample_weights,
     snips,
 )
-from sim.config import check, check_range
+from sim.config import ConfigError, check, check_range
 
 __all__ = [
     "RatingData",
@@ -1080,8 +1085,8 @@ def _check_impressions(name, data, n_users, n_items, objective: str):
             k = _first_bad(bad)
             raise ConfigError(
                 f"{name}.eps_plus must be > {name}.eps_minus (otherwise a click "
-                f"says nothing about relevance), got {plus[k]!r} <= {minus[k]!r} "
-                f"(index {k})"
+                f"says nothing about relevance), got {plus[k].item()!r} <= "
+                f"{minus[k].item()!r} (index {k})"
             )
 
 
@@ -1177,17 +1182,20 @@ def _floored(objective, train, valid, floor: float) -> None:
              "p_examine" if objective in ("click_ips", "click_affine") else None)
     if field is None:
         return
+    parts = []
     for name, data in (("train", train), ("valid", valid)):
         values = np.asarray(getattr(data, field), np.float64)
         low = values < floor
         if low.any():
-            warnings.warn(
-                f"implicit.propensity_floor {floor} raised {int(low.sum())} of "
-                f"{values.size} {name}.{field} values (smallest "
-                f"{values.min():.3g}) to the floor",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            parts.append(f"{int(low.sum())} of {values.size} {name}.{field} "
+                         f"values (smallest {values.min():.3g})")
+    if parts:
+        warnings.warn(
+            f"implicit.propensity_floor {floor} raised " + " and ".join(parts)
+            + " to the floor",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _implicit_weights(objective, train, floor: float) -> np.ndarray:
@@ -1262,15 +1270,16 @@ def _fit_implicit_checked(objective, train, valid, n_users, n_items, cfg,
         weights = _item_weights(train, n_items, implicit_cfg.sampler_beta)
         index = imp.positive_index(train.users, train.items, n_users, n_items,
                                    weights, train.p_expose)
-        if objective == "ubpr":  # j's clicks and p_expose are the valid split's
-            valid_index = imp.positive_index(valid.users, valid.items, n_users,
-                                             n_items, None, valid.p_expose)
-        else:  # a held-out positive is not a negative either
-            valid_index = imp.positive_index(
-                np.concatenate([np.asarray(train.users), np.asarray(valid.users)]),
-                np.concatenate([np.asarray(train.items), np.asarray(valid.items)]),
-                n_users, n_items, weights,
-            )
+        # A held-out positive is not a negative either; for ubpr, Y_uj and
+        # p_expose of a drawn j come from both splits.
+        valid_index = imp.positive_index(
+            np.concatenate([np.asarray(train.users), np.asarray(valid.users)]),
+            np.concatenate([np.asarray(train.items), np.asarray(valid.items)]),
+            n_users, n_items, weights,
+            None if train.p_expose is None else np.concatenate(
+                [np.asarray(train.p_expose), np.asarray(valid.p_expose)]
+            ),
+        )
         negatives = _valid_negatives(key_valid, valid_index, _ids(valid.users),
                                      spec)
         train_arrays = (_ids(train.users), _ids(train.items),
@@ -1348,8 +1357,8 @@ def fit_implicit(
     validation split, debiased like the training loss (the split's own
     propensities). For the pair objectives the validation negatives are drawn
     once per fit from the items that are positives in neither split (for
-    ``ubpr`` from all items, with ``Y_uj`` and ``p_expose`` of the validation
-    split), so the estimate changes only with the parameters. ``max_weight``
+    ``ubpr`` from all items, with ``Y_uj`` and ``p_expose`` read from both
+    splits), so the estimate changes only with the parameters. ``max_weight``
     and ``ess`` describe the per-sample inverse-propensity weights (1 for the
     unweighted objectives).
     """
