@@ -13,6 +13,9 @@ EXPERIMENTS = {
     "mnar-ratings": "experiments.mnar_ratings",
     "position-bias": "experiments.position_bias",
     "implicit-objectives": "experiments.implicit_objectives",
+    "ope": "experiments.ope_bandit",
+    "ope-slate": "experiments.ope_slate",
+    "mnar-evaluation": "experiments.mnar_evaluation",
 }
 
 SUMMARIES = {
@@ -22,6 +25,14 @@ SUMMARIES = {
                      "RandPair and EM curves, swept over eta",
     "implicit-objectives": "positive-only clicks under popularity exposure: BCE, BPR, "
                            "WMF, Rel-MF, UBPR against an oracle, with gap closed",
+    "ope": "off-policy evaluation of a target policy from logged clicks: naive, DM, "
+           "IPS, SNIPS, capped IPS, DR, SNDR, switch-DR against the exact value, "
+           "swept over logger skew and weight cap",
+    "ope-slate": "slate off-policy evaluation: naive, pbm-ips and iips against the "
+                 "exact value under position-based and cascade clicks",
+    "mnar-evaluation": "estimating MSE, MAE and DCG@K of prediction matrices from "
+                       "MNAR ratings: naive, IPS, SNIPS, EIB, DR, true and estimated "
+                       "propensities, swept over selection alpha",
 }
 
 
