@@ -32,7 +32,7 @@ import numpy as np
 
 from estimators import metrics, propensity
 from estimators.models import predict_matrix
-from estimators.train import DRConfig, RatingData, TrainConfig, search
+from estimators.train import DRConfig, RatingData, TrainConfig, search_batch
 from sim.config import ConfigError, check, check_range
 from sim.ratings import MarConfig, RatingLog, SplitConfig, Truth, simulate_ratings
 from sim.selection import SelectionConfig, check_density
@@ -240,12 +240,23 @@ def run_seed(cfg: Config, seed: int, progress=None) -> list[dict]:
     ratings_true = world.ratings.astype(np.float32)
     mar_users, mar_items = scored_mar["user"].to_numpy(), scored_mar["item"].to_numpy()
     test_users, test_items = test_frame["user"].to_numpy(), test_frame["item"].to_numpy()
-    for index, (method, source) in enumerate(cfg.pairs()):
-        p_source = p_hat.get(source)
-        train = _rating_data(train_frame, p_source, fraction["train"])
-        valid = _rating_data(valid_frame, p_source, fraction["valid"])
-        result = search(METHODS[method], train, valid, log.n_users, log.n_items,
-                        cfg.train, cfg.dr, jax.random.fold_in(key_fit, index))
+    # Every pair x L2 grid point of one objective trains as one batch (the
+    # trainer picks vmap or one by one by size); pair k keeps its own key.
+    pairs = cfg.pairs()
+    fitted: dict[int, object] = {}
+    for objective in dict.fromkeys(METHODS[method] for method, _ in pairs):
+        members = [k for k, (m, _) in enumerate(pairs) if METHODS[m] == objective]
+        splits = [(_rating_data(train_frame, p_hat.get(pairs[k][1]),
+                                fraction["train"]),
+                   _rating_data(valid_frame, p_hat.get(pairs[k][1]),
+                                fraction["valid"])) for k in members]
+        batch = search_batch(objective, [t for t, _ in splits],
+                             [v for _, v in splits], log.n_users, log.n_items,
+                             [cfg.train] * len(members), cfg.dr,
+                             [jax.random.fold_in(key_fit, k) for k in members])
+        fitted.update(zip(members, batch))
+    for index, (method, source) in enumerate(pairs):
+        result = fitted[index]
         pred = np.asarray(predict_matrix(result.params))
         add(method, source, "mse_truth", metrics.mse(pred.ravel(), ratings_true.ravel()))
         add(method, source, "mae_truth", metrics.mae(pred.ravel(), ratings_true.ravel()))
