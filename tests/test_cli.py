@@ -27,10 +27,13 @@ def tiny_config(*extra: str):
 
 
 def test_list_names_every_experiment(capsys):
+    from experiments import registry
+
     assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("mnar-ratings")
-    assert len(out.strip().splitlines()) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == registry.names()
+    assert {"mnar-ratings", "position-bias", "implicit-objectives", "ope", "ope-slate",
+            "mnar-evaluation"} <= set(registry.names())
 
 
 def test_show_prints_the_resolved_default_config_as_toml(capsys):
@@ -89,8 +92,9 @@ def test_bad_run_is_refused_before_any_work(args, message, tmp_path, capsys):
 
 def test_unknown_experiment_is_refused(capsys):
     assert main(["run", "mnar-rating", "--seeds", "1"]) == 2
-    assert ("experiment must be one of mnar-ratings, got 'mnar-rating'; did you mean "
-            "'mnar-ratings'?") in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "experiment must be one of mnar-ratings, position-bias" in err
+    assert "got 'mnar-rating'; did you mean 'mnar-ratings'?" in err
 
 
 def test_unreadable_config_file_is_refused(tmp_path, capsys):

@@ -22,7 +22,12 @@ TINY = {
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory):
     out = tmp_path_factory.mktemp("tour")
+    # The tour's machinery is the same for every experiment; the test tours
+    # one, tiny (each experiment runs end to end in its own test file).
+    from experiments import registry
+
     patch = pytest.MonkeyPatch()
+    patch.setattr(registry, "EXPERIMENTS", {"mnar-ratings": "experiments.mnar_ratings"})
     patch.setattr(mnar_ratings, "TEACHING", TINY)
     patch.setattr(mnar_ratings, "TEACHING_SEEDS", 2)
     try:
