@@ -16,6 +16,15 @@ not matter for speed, only the sizes do. The validation pass that closes each
 epoch of the trainer (on ``n_valid`` ratings) is included in its time, and
 so is its shuffle.
 
+`biaslab bench` (:func:`main`) prints every figure of the lab with the ratio
+to its reference, all measured in the same run: the implicit simulator
+against a per-visit Python loop (:mod:`experiments.bench_sim`); MF-IPS
+training single-seed against the PyTorch loop (this module); eight seeds
+trained together with ``jax.vmap`` against one by one and against one seed
+(:func:`bench_replicates`); bandit OPE against bare numpy
+(:mod:`experiments.bench_ope`); and a small sweep on 1 against 2 Dask workers
+(:func:`bench_dask_sweep`).
+
 Timing rule. Each figure is the fastest of ``epochs`` timings (whole epochs
 for JAX, ``torch_steps`` minibatches for torch) after a warm-up, because
 other work on a shared machine only ever slows a run down.
@@ -34,7 +43,7 @@ import numpy as np
 from estimators import train as trainer
 from estimators.models import init_mf
 
-__all__ = ["bench_mf_ips", "main"]
+__all__ = ["bench_mf_ips", "bench_replicates", "bench_dask_sweep", "main"]
 
 
 def _synthetic(rng: np.random.Generator, n: int, n_users: int, n_items: int):
@@ -192,8 +201,166 @@ def bench_mf_ips(
     return result
 
 
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def bench_replicates(
+    n_ratings: int = 35_000,
+    dim: int = 16,
+    n_users: int = 1_000,
+    n_items: int = 1_000,
+    seeds: int = 8,
+    optimizer: str = "adam",
+    batch_size: int = 1024,
+    epochs: int = 10,
+    n_valid: int = 5_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Seconds to train MF-IPS for one seed, for ``seeds`` seeds one by one,
+    and for ``seeds`` seeds vmapped (:func:`estimators.train.fit_batch`),
+    every fit exactly ``epochs`` epochs (no early stop, so both paths do the
+    same work).
+
+    Each figure is timed twice: ``cold`` from empty compilation caches (what
+    a fresh process pays, compilation included) and ``warm`` right after
+    (programs compiled). Returns those six times, ``pick`` (what
+    :func:`estimators.train.choose_mode` chooses at this size) and the sizes.
+    The defaults are the mnar-ratings teaching world (1,000 x 1,000, about
+    35k training ratings, dim 16, dense Adam, batch 1024).
+    """
+    rng = np.random.default_rng(seed)
+    train = _synthetic(rng, n_ratings, n_users, n_items)
+    valid = _synthetic(rng, n_valid, n_users, n_items)
+    cfg = trainer.TrainConfig(dim=dim, optimizer=optimizer, batch_size=batch_size,
+                              lr=1e-3, l2=1e-4, max_epochs=epochs,
+                              patience=epochs)
+    keys = [jax.random.key(k) for k in range(seeds)]
+
+    def run(count, mode):
+        return lambda: trainer.fit_batch(
+            "ips", [train] * count, [valid] * count, n_users, n_items,
+            [cfg] * count, trainer.DRConfig(), keys[:count], mode=mode)
+
+    result: dict[str, Any] = dict(n_ratings=n_ratings, dim=dim, n_users=n_users,
+                                  n_items=n_items, seeds=seeds, epochs=epochs,
+                                  optimizer=optimizer,
+                                  pick=trainer.choose_mode(n_ratings, seeds, dim))
+    for name, call in (("one", run(1, "loop")), ("loop", run(seeds, "loop")),
+                       ("vmap", run(seeds, "vmap"))):
+        jax.clear_caches()
+        result[f"{name}_cold_s"] = _timed(call)
+        result[f"{name}_warm_s"] = _timed(call)
+    return result
+
+
+_SWEEP = """experiment = "mnar-ratings"
+seeds = {seeds}
+
+[set]
+methods = ["mf-naive", "mf-ips"]
+propensities = ["true"]
+"world.n_users" = {users}
+"world.n_items" = {users}
+"world.dim" = 4
+"selection.density" = 0.1
+"train.dim" = 4
+"train.l2_grid" = [0.001]
+"train.max_epochs" = {epochs}
+"train.batch_size" = 256
+"propensity.logistic_steps" = 5
+
+[grid]
+"selection.alpha" = [0.2, 0.5]
+"""
+
+
+def bench_dask_sweep(seeds: int = 4, n_users: int = 300, epochs: int = 20
+                     ) -> dict[str, Any]:
+    """Wall seconds of one small mnar-ratings sweep (2 grid points x
+    ``seeds`` seeds) on a local Dask cluster of 1 and of 2 workers, cluster
+    start included; None when Dask is not installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return dict(cells=2 * seeds, dask=None)
+    import tempfile
+    from pathlib import Path
+
+    from experiments.sweep import run_sweep
+
+    result: dict[str, Any] = dict(cells=2 * seeds, n_users=n_users, dask=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.toml"
+        path.write_text(_SWEEP.format(seeds=seeds, users=n_users, epochs=epochs))
+        for workers in (1, 2):
+            result[f"workers{workers}_s"] = _timed(lambda: run_sweep(
+                path, Path(folder) / f"out{workers}", overwrite=True,
+                backend="dask", workers=workers, show_progress=False))
+    return result
+
+
+def _print_replicates(label: str, r: dict[str, Any], aim: str) -> None:
+    print(f"mf-ips {r['seeds']} seeds, {label}: {r['n_ratings']:,} ratings, "
+          f"{r['n_users']:,} x {r['n_items']:,}, dim {r['dim']}, {r['optimizer']}, "
+          f"{r['epochs']} epochs each; chooser picks {r['pick']}")
+    for when in ("cold", "warm"):
+        one, loop, vmap = (r[f"{k}_{when}_s"] for k in ("one", "loop", "vmap"))
+        print(f"  {when} ({'compile included' if when == 'cold' else 'compiled'}):"
+              f" one seed {one:.2f} s; {r['seeds']} one by one {loop:.2f} s "
+              f"({loop / one:.1f}x one); vmapped {vmap:.2f} s ({vmap / one:.1f}x "
+              f"one; one by one / vmapped = {loop / vmap:.2f})")
+    picked = r["vmap_cold_s"] if r["pick"] == "vmap" else r["loop_cold_s"]
+    print(f"  aim: {aim}; chooser's pick ({r['pick']}) cold {picked:.2f} s = "
+          f"{picked / r['one_cold_s']:.1f}x one seed, "
+          f"{picked / min(r['loop_cold_s'], r['vmap_cold_s']):.2f}x the faster path")
+
+
 def main(quick: bool = False) -> int:
-    """Print one line per figure; ``quick`` uses small sizes (a smoke check)."""
+    """Print every figure with its reference; ``quick`` uses small sizes (a
+    smoke check, well under a minute)."""
+    from experiments import bench_ope, bench_sim
+
+    print("== simulation")
+    bench_sim.main(["--visits", "20000", "--loop-visits", "500", "--no-softmax"]
+                   if quick else [])
+
+    print("== mf-ips training, one seed")
+    _print_mf_ips(quick)
+
+    print("== mf-ips training, seeds vmapped vs one by one")
+    if quick:
+        teaching = dict(n_ratings=5_000, n_users=200, n_items=200, dim=8, epochs=2,
+                        n_valid=1_000)
+        large = dict(n_ratings=50_000, n_users=2_000, n_items=1_000, dim=16,
+                     optimizer="sparse", batch_size=4096, epochs=1, n_valid=2_000)
+    else:
+        teaching = {}
+        large = dict(n_ratings=1_000_000, n_users=50_000, n_items=10_000, dim=64,
+                     optimizer="sparse", batch_size=4096, epochs=2, n_valid=10_000)
+    _print_replicates("teaching size", bench_replicates(**teaching),
+                      "8 seeds in at most 2.5x the time of one")
+    _print_replicates("large", bench_replicates(**large),
+                      "the chooser's pick no slower than one by one")
+
+    print("== off-policy evaluation")
+    bench_ope.main(["--rounds", "20000", "--repeats", "1"] if quick else [])
+
+    print("== sweep on Dask workers")
+    d = bench_dask_sweep(**(dict(seeds=4, n_users=60, epochs=2) if quick else {}))
+    if d["dask"] is None:
+        print("dask sweep: unavailable (pip install 'biaslab[dask]' to measure it)")
+    else:
+        print(f"dask sweep of {d['cells']} mnar-ratings cells ({d['n_users']} x "
+              f"{d['n_users']} worlds), cluster start included: 1 worker "
+              f"{d['workers1_s']:.1f} s, 2 workers {d['workers2_s']:.1f} s; "
+              f"ratio 1/2 workers {d['workers1_s'] / d['workers2_s']:.2f}x")
+    return 0
+
+
+def _print_mf_ips(quick: bool) -> None:
     if quick:
         sizes = dict(n_ratings=50_000, dim=16, n_users=2_000, n_items=1_000,
                      epochs=3, torch_steps=10)
@@ -214,7 +381,6 @@ def main(quick: bool = False) -> int:
               f"{r['torch_samples_per_s']:,.0f} samples/s")
         for optimizer in ("sparse", "adam"):
             print(f"ratio jax {optimizer} / torch: {r[f'{optimizer}_vs_torch']:.1f}x")
-    return 0
 
 
 if __name__ == "__main__":
