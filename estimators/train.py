@@ -10,6 +10,10 @@ implicit objectives of :mod:`estimators.implicit` (clicked pairs with negatives
 sampled inside the compiled step, or impressions with click losses), with MF
 or NCF; they run the very same compiled epoch (:func:`_epoch`) and the same
 early-stopping loop (:func:`_train_loop`), which dispatch on the objective.
+:func:`fit_batch` and :func:`search_batch` train several replicates of an
+explicit objective (other keys, data, propensities, lr, L2) either as one
+program vmapped over the replicate axis or one by one, as
+:func:`choose_mode` decides by size; both give the same fits.
 
 How it runs. A whole epoch is one compiled program: the training set is
 shuffled with ``jax.random`` inside it, cut into ``ceil(n / batch_size)``
