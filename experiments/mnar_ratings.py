@@ -51,6 +51,7 @@ METHODS = {"mf-naive": "naive", "mf-ips": "ips", "mf-snips": "snips", "mf-dr": "
 PROPENSITIES = ("true", "naive-bayes", "logistic", "popularity")
 METRICS = ("mse_truth", "mae_truth", "mse_mar", "mae_mar", "mse_observed",
            "mae_observed")
+REPORT_METRICS = METRICS
 
 
 @dataclass(frozen=True)

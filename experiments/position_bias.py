@@ -62,7 +62,7 @@ NAME = "position-bias"
 DEFAULT_SEEDS = 5
 METHODS = ("naive", "ips-true", "ips-swap", "ips-em", "oracle", "random")
 KEY_METRICS = ("ndcg@10_truth", "recall@10_truth")
-TEACHING: dict[str, str] = {"etas": "[0.0, 1.0, 2.0]"}
+TEACHING: dict[str, str] = {"etas": "[0.0, 1.0]"}
 TEACHING_SEEDS = 3
 OBJECTIVE = {"naive": "click_naive", "ips-true": "click_ips", "ips-swap": "click_ips",
              "ips-em": "click_ips", "oracle": "click_oracle"}

@@ -64,9 +64,13 @@ def write(experiment: ModuleType, cfg: Any, results: pd.DataFrame,
     lines = [f"# {experiment.NAME}", "", text, "", "## Figures", ""]
     lines += [f"![{name}](figures/{name})" for name in names]
     lines += ["", "## Summary (mean and Student-t 95% interval over seeds)", ""]
-    keep = summary[["method", "propensity", "metric", "n", "mean", "ci_low",
-                    "ci_high"]]
+    metrics = list(getattr(experiment, "REPORT_METRICS", experiment.KEY_METRICS))
+    swept = [c for c in summary.columns if "." in c and summary[c].nunique() > 1]
+    keep = summary[summary["metric"].isin(metrics)][
+        ["method", "propensity", *swept, "metric", "n", "mean", "ci_low", "ci_high"]]
     lines.append(keep.to_markdown(index=False, floatfmt=".4g"))
+    lines += ["", "Every metric of every method is in `summary.csv`; the rows per seed "
+              "are in `results.parquet`."]
     write_atomic(out / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
 
 
