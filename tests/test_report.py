@@ -61,3 +61,40 @@ def test_report_command_rebuilds_a_single_study(tour, capsys):
 def test_report_of_a_folder_without_studies_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="report folder must hold a study"):
         build(tmp_path)
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine "
+                    "(.ci/run installs Debian's chromium)")
+def test_html_report_opens_in_headless_chromium(tour, tmp_path):
+    import subprocess
+
+    html = (tour / "report.html").read_text()
+    # A probe run after load: counts images the browser failed to decode.
+    probe = ("<script>window.addEventListener('load', () => { document.body.dataset."
+             "broken = [...document.images].filter(i => !(i.complete && "
+             "i.naturalWidth > 0)).length; document.body.dataset.images = "
+             "document.images.length; });</script>")
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    out = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dom = out.stdout
+    n_images = html.count("<img")
+    assert f'data-images="{n_images}"' in dom and 'data-broken="0"' in dom
+    assert "Naive looks good where it was trained" in dom
