@@ -177,18 +177,6 @@ def run_seed(cfg: Config, seed: int, progress=None) -> list[dict]:
     return rows
 
 
-def _paired_t(results, method: str, base: str, metric: str):
-    from scipy import stats
-
-    part = results[results["metric"] == metric]
-    a = part[part["method"] == method].set_index("seed")["value"]
-    b = part[part["method"] == base].set_index("seed")["value"]
-    seeds = a.index.intersection(b.index)
-    if len(seeds) < 2 or float((a[seeds] - b[seeds]).std()) == 0.0:
-        return None, len(seeds)
-    return float(stats.ttest_rel(a[seeds], b[seeds]).statistic), len(seeds)
-
-
 def _oracle_pairs(relevant: np.ndarray, valid_share: float, rng: np.random.Generator):
     """The true relevant pairs as positive-only data (clicks 1, plays 0)."""
     users, items = np.nonzero(relevant)
@@ -216,6 +204,9 @@ def figures(cfg: Config, results, summary, folder) -> list[str]:
 
 
 def lesson(cfg: Config, results, summary) -> str:
+    """The report's plain words, computed from the numbers."""
+    from experiments.report import paired_t
+
     n_seeds = results["seed"].nunique()
 
     def mean(method, metric):
@@ -240,7 +231,8 @@ def lesson(cfg: Config, results, summary) -> str:
     lines.append("")
     relmf, bce = mean("mf-relmf", "ndcg@10_truth"), mean("mf-bce", "ndcg@10_truth")
     if relmf is not None and bce is not None:
-        t, n = _paired_t(results, "mf-relmf", "mf-bce", "ndcg@10_truth")
+        t, n = paired_t(results, "ndcg@10_truth", {"method": "mf-relmf"},
+                        {"method": "mf-bce"})
         test = f" (paired t = {t:.2f} over {n} seeds)" if t is not None else ""
         lower = relmf < bce and t is not None and t < -2.0
         verdict = "worse than" if lower else "not worse than"

@@ -316,26 +316,6 @@ def _mean(summary, method: str, source: str, metric: str) -> float | None:
     return None if row.empty else float(row["mean"].iloc[0])
 
 
-def paired_t(results, a: tuple[str, str], b: tuple[str, str], metric: str):
-    """Paired t-statistic of metric(b) - metric(a) over seeds (positive: a lower)."""
-    from scipy import stats
-
-    def values(pair):
-        part = results[(results["method"] == pair[0])
-                       & (results["propensity"] == pair[1])
-                       & (results["metric"] == metric)]
-        return part.set_index("seed")["value"]
-
-    left, right = values(a), values(b)
-    seeds = left.index.intersection(right.index)
-    if len(seeds) < 2:
-        return None, len(seeds)
-    diff = right.loc[seeds] - left.loc[seeds]
-    if float(diff.std()) == 0.0:
-        return None, len(seeds)
-    return float(stats.ttest_rel(right.loc[seeds], left.loc[seeds]).statistic), len(seeds)
-
-
 def figures(cfg: Config, results, summary, folder) -> list[str]:
     """Methods x metrics with intervals; observed vs true rating marginals."""
     import matplotlib
@@ -374,6 +354,8 @@ def figures(cfg: Config, results, summary, folder) -> list[str]:
 
 def lesson(cfg: Config, results, summary) -> str:
     """The report's plain words, computed from the numbers it describes."""
+    from experiments.report import paired_t
+
     n_seeds = results["seed"].nunique()
     lines = [
         f"{n_seeds} seed(s) of a {cfg.world.n_users} x {cfg.world.n_items} world, "
@@ -402,7 +384,8 @@ def lesson(cfg: Config, results, summary) -> str:
         lines.append("")
     ips_truth = _mean(summary, "mf-ips", "true", "mse_truth")
     if ips_truth is not None and naive_truth is not None:
-        t, n = paired_t(results, ("mf-ips", "true"), ("mf-naive", "none"), "mse_truth")
+        t, n = paired_t(results, "mse_truth", {"method": "mf-naive"},
+                        {"method": "mf-ips", "propensity": "true"})
         tail = (f" (paired t = {t:.2f} over {n} seeds)" if t is not None
                 else " (one seed: no paired test)")
         better = "lower" if ips_truth < naive_truth else "not lower"

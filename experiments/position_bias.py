@@ -226,18 +226,6 @@ def _subset(data, mask: np.ndarray):
     return type(data)(*(None if v is None else np.asarray(v)[mask] for v in data))
 
 
-def paired_t(results, method: str, base: str, metric: str, eta: float):
-    from scipy import stats
-
-    part = results[(results["metric"] == metric) & (results["examination.eta"] == eta)]
-    a = part[part["method"] == method].set_index("seed")["value"]
-    b = part[part["method"] == base].set_index("seed")["value"]
-    seeds = a.index.intersection(b.index)
-    if len(seeds) < 2 or float((a[seeds] - b[seeds]).std()) == 0.0:
-        return None, len(seeds)
-    return float(stats.ttest_rel(a[seeds], b[seeds]).statistic), len(seeds)
-
-
 def figures(cfg: Config, results, summary, folder) -> list[str]:
     """ndcg@10 and recall@10 vs eta per method; propensity error vs eta."""
     from experiments.report import dose_response
@@ -252,6 +240,8 @@ def figures(cfg: Config, results, summary, folder) -> list[str]:
 
 def lesson(cfg: Config, results, summary) -> str:
     """The report's plain words, computed from the numbers."""
+    from experiments.report import paired_t
+
     n_seeds = results["seed"].nunique()
 
     def mean(method, metric, eta):
@@ -269,7 +259,9 @@ def lesson(cfg: Config, results, summary) -> str:
         oracle = mean("oracle", "ndcg@10_truth", eta)
         if naive is None or ips is None:
             continue
-        t, n = paired_t(results, "ips-true", "naive", "ndcg@10_truth", eta)
+        t, n = paired_t(results, "ndcg@10_truth",
+                        {"method": "ips-true", "examination.eta": eta},
+                        {"method": "naive", "examination.eta": eta})
         tail = f" (paired t = {t:.2f} over {n} seeds)" if t is not None else ""
         verdict = "above" if ips > naive else "not above"
         lines.append(f"- **eta = {eta:g}**: `ips-true` ndcg@10 {ips:.4f}, {verdict} "

@@ -19,7 +19,28 @@ import pandas as pd
 
 from experiments.runner import write_atomic
 
-__all__ = ["write", "write_sweep", "interval_plot", "dose_response", "build"]
+__all__ = ["write", "write_sweep", "interval_plot", "dose_response", "build", "paired_t"]
+
+
+def paired_t(results: pd.DataFrame, metric: str, first: dict, second: dict
+             ) -> tuple[float | None, int]:
+    """Paired t-statistic over seeds of metric(first) - metric(second), where
+    ``first`` and ``second`` select rows by column values (e.g. ``{"method":
+    "mf-ips", "propensity": "true"}``); None with fewer than 2 common seeds or
+    identical values (the statistic is undefined, not NaN)."""
+    from scipy import stats
+
+    def values(select: dict) -> pd.Series:
+        part = results[results["metric"] == metric]
+        for column, value in select.items():
+            part = part[part[column] == value]
+        return part.set_index("seed")["value"]
+
+    a, b = values(first), values(second)
+    seeds = a.index.intersection(b.index)
+    if len(seeds) < 2 or float((a[seeds] - b[seeds]).std()) == 0.0:
+        return None, len(seeds)
+    return float(stats.ttest_rel(a[seeds], b[seeds]).statistic), len(seeds)
 
 
 def _label(row: pd.Series) -> str:

@@ -98,3 +98,21 @@ def test_html_report_opens_in_headless_chromium(tour, tmp_path):
     n_images = html.count("<img")
     assert f'data-images="{n_images}"' in dom and 'data-broken="0"' in dom
     assert "Naive looks good where it was trained" in dom
+
+
+def test_paired_t_matches_a_hand_computation():
+    import pandas as pd
+
+    from experiments.report import paired_t
+
+    rows = pd.DataFrame({
+        "seed": [0, 1, 2, 0, 1, 2, 0],
+        "method": ["a", "a", "a", "b", "b", "b", "a"],
+        "metric": ["m"] * 6 + ["other"],
+        "value": [3.0, 5.0, 4.0, 1.0, 2.0, 4.0, 99.0],
+    })
+    # differences 2, 3, 0: mean 5/3, sd sqrt(7/3), t = mean / (sd / sqrt(3))
+    t, n = paired_t(rows, "m", {"method": "a"}, {"method": "b"})
+    assert n == 3 and t == pytest.approx((5 / 3) / ((7 / 3) ** 0.5 / 3 ** 0.5))
+    same = rows.assign(value=[1.0, 2.0, 4.0, 1.0, 2.0, 4.0, 0.0])
+    assert paired_t(same, "m", {"method": "a"}, {"method": "b"}) == (None, 3)
