@@ -13,7 +13,7 @@ estimate costs against the true curve.
 Scenario (defaults): a 1,000 users x 400 items world; the logger is a softmax
 (Plackett-Luce) over a noisy production score (noise sd 1, temperature 0.5),
 so which item lands at which rank depends on the item; slates of K = 10;
-30,000 visits per log (300,000 impressions), 5% of them RandPair swap visits
+24,000 visits per log (240,000 impressions), 5% of them RandPair swap visits
 that do not feed training; position-based examination theta_k = (1/k)^eta
 swept over eta = 0, 0.5, 1, 2, noiseless clicks. For each eta the same
 users, slates and relevance are drawn (common random numbers), only the
@@ -86,7 +86,7 @@ class Config:
     world: WorldConfig = field(default_factory=lambda: WorldConfig(n_items=400))
     relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
     exposure: ExposureConfig = field(default_factory=lambda: ExposureConfig(
-        policy="softmax", visits=30_000))
+        policy="softmax", visits=24_000))
     examination: ExaminationConfig = field(default_factory=ExaminationConfig)
     click: ClickConfig = field(default_factory=ClickConfig)
     engagement: EngagementConfig = field(default_factory=EngagementConfig)
@@ -151,8 +151,12 @@ def run_seed(cfg: Config, seed: int, progress=None) -> list[dict]:
     for eta_index, eta in enumerate(cfg.etas):
         examination = dataclasses.replace(cfg.examination, eta=eta)
         # Common random numbers: the same stream for every eta.
+        # (A fresh SeedSequence each time: spawning from a shared one would
+        # advance it and give each eta other draws.)
+        log_rng = np.random.default_rng(np.random.SeedSequence(
+            log_seq.entropy, spawn_key=log_seq.spawn_key))
         log, truth = simulate_implicit(
-            world, np.random.default_rng(log_seq), relevance=cfg.relevance,
+            world, log_rng, relevance=cfg.relevance,
             exposure=cfg.exposure, examination=examination, click=cfg.click,
             engagement=cfg.engagement, intervention=cfg.intervention, policy=policy)
         impressions = log.impressions

@@ -410,12 +410,16 @@ def sample_pl_slates(
 
 def draw_swaps(n_visits: int, slate_size: int, share: float,
                rng: np.random.Generator) -> np.ndarray:
-    """Swap partner per visit (n,) int8: 0 for no swap, else k uniform in 2..K."""
+    """Swap partner per visit (n,) int8: 0 for no swap, else k uniform in 2..K.
+
+    Exactly round(share * n) visits, chosen uniformly without replacement, are
+    swapped (a fixed share, as an experiment would schedule it), so a log's
+    training part has the same size whatever the seed."""
     partner = np.zeros(n_visits, dtype=np.int8)
     if slate_size < 2 or share == 0.0:
         return partner
-    swapped = rng.random(n_visits) < share
-    partner[swapped] = rng.integers(2, slate_size + 1, size=int(swapped.sum()))
+    swapped = rng.permutation(n_visits)[: int(round(share * n_visits))]
+    partner[swapped] = rng.integers(2, slate_size + 1, size=swapped.size)
     return partner
 
 
