@@ -10,12 +10,28 @@ from estimators.models import predict_matrix
 from sim.world import World
 
 __all__ = ["RANKING_METRICS", "EXPOSURE_METRICS", "score_ranking", "pair_features",
-           "split_visits", "model_scores"]
+           "split_visits", "model_scores", "resolve_slate_world"]
 
 K = 10
 RANKING_METRICS = (f"ndcg@{K}_truth", f"recall@{K}_truth", f"hr@{K}_truth",
                    "mrr_truth", "auc_truth")
 EXPOSURE_METRICS = (f"gini@{K}", f"coverage@{K}", f"mean_popularity@{K}")
+
+
+def resolve_slate_world(cfg):
+    """The ``resolve`` of an experiment config with ``world`` and ``exposure``
+    parts: refuse a slate longer than the catalogue before any work, and fix
+    the world's marginal (the music marginal when unset)."""
+    import dataclasses
+
+    from sim.exposure import check_slate_size
+    from sim.world import MUSIC_MARGINAL
+
+    check_slate_size(cfg.exposure.slate_size, cfg.world.n_items)
+    if cfg.world.marginal is None:
+        return dataclasses.replace(cfg, world=dataclasses.replace(
+            cfg.world, marginal=MUSIC_MARGINAL))
+    return cfg
 
 
 def model_scores(params) -> np.ndarray:

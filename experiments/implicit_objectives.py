@@ -22,7 +22,6 @@ true relevant pairs themselves) and `random`. "Gap closed" is
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 from estimators.implicit import ImplicitConfig, ImplicitData, WMFConfig, pairs_from_log
 from estimators.train import TrainConfig, search_implicit
 from experiments.implicit_common import (
+    resolve_slate_world,
     EXPOSURE_METRICS,
     RANKING_METRICS,
     model_scores,
@@ -38,10 +38,10 @@ from experiments.implicit_common import (
 )
 from sim.behaviour import ClickConfig, EngagementConfig, ExaminationConfig
 from sim.config import check, check_range
-from sim.exposure import ExposureConfig, InterventionConfig, check_slate_size
+from sim.exposure import ExposureConfig, InterventionConfig
 from sim.implicit import clicks_by_pair, p_expose_pair, simulate_implicit
 from sim.relevance import RelevanceConfig
-from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
+from sim.world import WorldConfig, sample_world
 
 NAME = "implicit-objectives"
 DEFAULT_SEEDS = 5
@@ -90,11 +90,7 @@ class Config:
               "p_expose_pair)", self.examination.model)
 
     def resolve(self) -> "Config":
-        check_slate_size(self.exposure.slate_size, self.world.n_items)
-        if self.world.marginal is None:
-            return dataclasses.replace(self, world=dataclasses.replace(
-                self.world, marginal=MUSIC_MARGINAL))
-        return self
+        return resolve_slate_world(self)
 
 
 def n_fits(cfg: Config) -> int:

@@ -50,6 +50,7 @@ import numpy as np
 
 from estimators.ope_slate import estimate_slate_values
 from experiments.ope_common import markdown_table, meta_evaluation, scored
+from experiments.implicit_common import resolve_slate_world
 from sim.bandit import slate_value_cascade, slate_value_pbm
 from sim.behaviour import (
     EXAMINATION_MODELS,
@@ -60,9 +61,9 @@ from sim.behaviour import (
     react,
 )
 from sim.config import check
-from sim.exposure import ExposureConfig, check_slate_size, make_policy
+from sim.exposure import ExposureConfig, make_policy
 from sim.relevance import RelevanceConfig, relevance_probability
-from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
+from sim.world import WorldConfig, sample_world
 
 NAME = "ope-slate"
 DEFAULT_SEEDS = 100
@@ -129,11 +130,7 @@ class Config:
               "sets theta)", self.examination.model)
 
     def resolve(self) -> "Config":
-        check_slate_size(self.exposure.slate_size, self.world.n_items)
-        if self.world.marginal is None:
-            return dataclasses.replace(self, world=dataclasses.replace(
-                self.world, marginal=MUSIC_MARGINAL))
-        return self
+        return resolve_slate_world(self)
 
 
 def n_fits(cfg: Config) -> int:

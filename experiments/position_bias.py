@@ -40,6 +40,7 @@ from estimators.position import (
 )
 from estimators.train import TrainConfig, fit_implicit
 from experiments.implicit_common import (
+    resolve_slate_world,
     RANKING_METRICS,
     model_scores,
     pair_features,
@@ -51,12 +52,11 @@ from sim.config import check, check_range
 from sim.exposure import (
     ExposureConfig,
     InterventionConfig,
-    check_slate_size,
     make_policy,
 )
 from sim.implicit import simulate_implicit
 from sim.relevance import RelevanceConfig
-from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
+from sim.world import WorldConfig, sample_world
 
 NAME = "position-bias"
 DEFAULT_SEEDS = 5
@@ -119,11 +119,7 @@ class Config:
               self.intervention.swap_share)
 
     def resolve(self) -> "Config":
-        check_slate_size(self.exposure.slate_size, self.world.n_items)
-        if self.world.marginal is None:
-            return dataclasses.replace(self, world=dataclasses.replace(
-                self.world, marginal=MUSIC_MARGINAL))
-        return self
+        return resolve_slate_world(self)
 
 
 def n_fits(cfg: Config) -> int:

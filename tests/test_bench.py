@@ -1,6 +1,5 @@
 """`biaslab bench --quick` prints every figure with its reference."""
 
-import pytest
 
 from experiments import bench
 
