@@ -78,6 +78,7 @@ def _cmd_run(args) -> int:
     seeds = experiment.DEFAULT_SEEDS if args.seeds is None else args.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1, got {seeds}")
+    _check_backend(args)
     cfg = build_config(args.experiment, args.config, args.set or [])
     out = Path(args.out or f"runs/{args.experiment}")
     run_experiment(args.experiment, cfg, seeds, out, overwrite=args.overwrite,
@@ -88,9 +89,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _check_backend(args) -> None:
+    """Refuse backend options that would be ignored, before any work."""
+    if args.backend != "dask" and (args.workers is not None or args.scheduler):
+        raise ConfigError("--workers and --scheduler need --backend dask, got "
+                          f"--backend {args.backend}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be an integer >= 1, got {args.workers}")
+
+
 def _cmd_sweep(args) -> int:
     from experiments.sweep import run_sweep
 
+    _check_backend(args)
     out = Path(args.out or f"runs/sweep-{Path(args.file).stem}")
     run_sweep(args.file, out, overwrite=args.overwrite, backend=args.backend,
               workers=args.workers, scheduler=args.scheduler,
@@ -115,6 +126,7 @@ def _cmd_tour(args) -> int:
     from experiments import registry, report
     from experiments.runner import run_experiment
 
+    _check_backend(args)
     out = Path(args.out or "runs/tour")
     for name in registry.names():
         experiment = registry.get(name)
@@ -217,11 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"list": _cmd_list, "show": _cmd_show, "run": _cmd_run,
                "sweep": _cmd_sweep, "tour": _cmd_tour, "report": _cmd_report,
                "bench": _cmd_bench}[args.command]
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     try:
         return handler(args)
     except ConfigError as err:
         print(f"biaslab: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nbiaslab: interrupted; finished cells are kept, rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"biaslab: {category.__name__}: {message}\n"
 
 
 if __name__ == "__main__":

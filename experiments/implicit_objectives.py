@@ -37,7 +37,7 @@ from experiments.implicit_common import (
     score_ranking,
 )
 from sim.behaviour import ClickConfig, EngagementConfig, ExaminationConfig
-from sim.config import check, check_range
+from sim.config import check, check_range, check_unique
 from sim.exposure import ExposureConfig, InterventionConfig
 from sim.implicit import clicks_by_pair, p_expose_pair, simulate_implicit
 from sim.relevance import RelevanceConfig
@@ -79,6 +79,7 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
+        check_unique(tuple(self.methods), "methods")
         for method in self.methods:
             check(method in METHODS, "methods", "names from " + ", ".join(METHODS),
                   method)

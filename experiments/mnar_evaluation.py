@@ -69,7 +69,7 @@ from estimators.evaluation import estimate_matrix_metric, matrix_cell_values
 from estimators.evaluation import matrix_metric
 from estimators.propensity import naive_bayes_propensity
 from experiments.ope_common import markdown_table, meta_evaluation, scored
-from sim.config import check, check_range
+from sim.config import check, check_range, check_unique
 from sim.predictions import PREDICTION_MATRICES, check_predictions, make_predictions
 from sim.ratings import MarConfig, SplitConfig, simulate_ratings
 from sim.selection import SelectionConfig, check_density
@@ -133,6 +133,12 @@ class Config:
         check(len(self.alphas) >= 1, "alphas", "at least one value", self.alphas)
         for alpha in self.alphas:
             check_range(alpha, "alphas", 0.0, low_open=True)
+        for key in ("alphas", "methods", "propensities"):
+            check_unique(getattr(self, key), key)
+        default_alpha = SelectionConfig().alpha
+        check(self.selection.alpha == default_alpha, "selection.alpha",
+              f"left at {default_alpha} (each run sweeps `alphas`; set alphas "
+              "instead)", self.selection.alpha)
         check(len(self.methods) >= 1, "methods", "at least one method", self.methods)
         for method in self.methods:
             check(method in METHODS, "methods", "names from " + ", ".join(METHODS),

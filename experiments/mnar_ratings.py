@@ -33,7 +33,7 @@ import numpy as np
 from estimators import metrics, propensity
 from estimators.models import predict_matrix
 from estimators.train import DRConfig, RatingData, TrainConfig, search_batch
-from sim.config import ConfigError, check, check_range
+from sim.config import ConfigError, check, check_range, check_unique
 from sim.ratings import MarConfig, RatingLog, SplitConfig, Truth, simulate_ratings
 from sim.selection import SelectionConfig, check_density
 from sim.world import WorldConfig
@@ -85,6 +85,8 @@ class Config:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
+        check_unique(tuple(self.methods), "methods")
+        check_unique(tuple(self.propensities), "propensities")
         object.__setattr__(self, "propensities", tuple(self.propensities))
         check(len(self.methods) >= 1, "methods", "at least one method", self.methods)
         for method in self.methods:

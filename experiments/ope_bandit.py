@@ -60,7 +60,7 @@ import numpy as np
 from estimators.ope import cross_fit_rewards, estimate_policy_values
 from experiments.ope_common import markdown_table, meta_evaluation, scored
 from sim.bandit import policy_value, simulate_bandit, softmax_policy
-from sim.config import check, check_range
+from sim.config import check, check_range, check_unique
 from sim.relevance import RelevanceConfig, relevance_probability
 from sim.world import MUSIC_MARGINAL, WorldConfig, sample_world
 
@@ -125,6 +125,10 @@ class Config:
         for key in ("temperatures", "epsilons", "weight_caps"):
             object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
         object.__setattr__(self, "methods", tuple(self.methods))
+        check_unique(tuple(self.temperatures), "temperatures")
+        check_unique(tuple(self.epsilons), "epsilons")
+        check_unique(tuple(self.weight_caps), "weight_caps")
+        check_unique(tuple(self.methods), "methods")
         for value in self.temperatures:
             check_range(value, "temperatures", 0.0, low_open=True)
         for value in self.epsilons:

@@ -60,7 +60,7 @@ from sim.behaviour import (
     p_examine_by_rank,
     react,
 )
-from sim.config import check
+from sim.config import check, check_unique
 from sim.exposure import ExposureConfig, make_policy
 from sim.relevance import RelevanceConfig, relevance_probability
 from sim.world import WorldConfig, sample_world
@@ -108,6 +108,8 @@ class Config:
     def __post_init__(self) -> None:
         object.__setattr__(self, "click_models", tuple(self.click_models))
         object.__setattr__(self, "methods", tuple(self.methods))
+        check_unique(tuple(self.click_models), "click_models")
+        check_unique(tuple(self.methods), "methods")
         check(len(self.click_models) >= 1, "click_models", "at least one model",
               self.click_models)
         for model in self.click_models:

@@ -21,7 +21,12 @@ examinations differ. Methods, identical in model (16-dimensional MF),
 objective (pointwise click log-loss) and hyperparameters except for the
 weights: `naive` (weight 1), `ips-true` (1/theta_k), `ips-swap` (RandPair
 curve), `ips-em` (EM curve); plus `oracle` (the same loss on the true
-relevance of the same impressions) and `random` (random scores).
+relevance of the same impressions) and `random` (random scores). Every fit
+trains the same 8 epochs (patience = max_epochs: no early stop, so no method
+trains longer than another) and keeps its epoch with the best validation loss
+of its own kind. The IPS labels c / theta_k exceed 1 at low ranks, where the
+pointwise log-loss has no lower bound; a fixed budget keeps that from turning
+into a difference in training length.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from experiments.implicit_common import (
     split_visits,
 )
 from sim.behaviour import ClickConfig, EngagementConfig, ExaminationConfig
-from sim.config import check, check_range
+from sim.config import check, check_range, check_unique
 from sim.exposure import (
     ExposureConfig,
     InterventionConfig,
@@ -93,7 +98,7 @@ class Config:
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         optimizer="sparse", lr=0.03, l2=1e-4, l2_grid=(1e-4,), batch_size=2048,
-        max_epochs=30, patience=3))
+        max_epochs=8, patience=8))
     implicit: ImplicitConfig = field(default_factory=ImplicitConfig)
     em: EMConfig = field(default_factory=EMConfig)
     valid_share: float = 0.1  # share of training visits held out for stopping
@@ -105,7 +110,13 @@ class Config:
         object.__setattr__(self, "methods", tuple(self.methods))
         check(len(self.etas) >= 1, "etas", "at least one value", self.etas)
         for eta in self.etas:
-            check_range(eta, "etas", 0.0)
+            # theta_10 = 10^-eta underflows long before eta = 30
+            check_range(eta, "etas", 0.0, 30.0)
+        check_unique(self.etas, "etas")
+        check_unique(self.methods, "methods")
+        check(self.examination.eta == ExaminationConfig().eta, "examination.eta",
+              f"left at {ExaminationConfig().eta} (each run sweeps `etas`; set etas "
+              "instead)", self.examination.eta)
         for method in self.methods:
             check(method in METHODS, "methods", "names from " + ", ".join(METHODS),
                   method)

@@ -86,7 +86,10 @@ def write(experiment: ModuleType, cfg: Any, results: pd.DataFrame,
     lines += [f"![{name}](figures/{name})" for name in names]
     lines += ["", "## Summary (mean and Student-t 95% interval over seeds)", ""]
     metrics = list(getattr(experiment, "REPORT_METRICS", experiment.KEY_METRICS))
-    swept = [c for c in summary.columns if "." in c and summary[c].nunique() > 1]
+    fixed = {"experiment", "method", "propensity", "metric", "n", "mean", "sd",
+             "ci_low", "ci_high"}
+    swept = [c for c in summary.columns
+             if c not in fixed and summary[c].nunique(dropna=False) > 1]
     keep = summary[summary["metric"].isin(metrics)][
         ["method", "propensity", *swept, "metric", "n", "mean", "ci_low", "ci_high"]]
     lines.append(keep.to_markdown(index=False, floatfmt=".4g"))

@@ -46,6 +46,7 @@ __all__ = ["Cell", "make_cells", "run_cell", "run_cells", "collect", "run_experi
            "summarise", "write_atomic", "config_columns", "BACKENDS"]
 
 BACKENDS = ("local", "dask")
+MAX_SEEDS = 100_000  # cells are listed up front; a larger study is a typo
 
 PACKAGES = ("biaslab", "numpy", "jax", "jaxlib", "optax", "pandas", "pyarrow",
             "scipy", "matplotlib", "simpy")
@@ -138,9 +139,14 @@ def environment() -> dict[str, Any]:
 
 def _check_study(out: Path, study: dict, overwrite: bool) -> None:
     path = out / "study.json"
+    existing = next((p for p in [out, *out.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out must be a folder, got {str(out)!r} ({str(existing)!r} "
+                          "is a file)")
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != study:
+        finished = any((out / "cells").glob("*.parquet"))
+        if previous != study and finished:
             if not overwrite:
                 raise ConfigError(
                     f"--out {str(out)!r} must be empty or hold the same study; it "
@@ -179,8 +185,9 @@ class Cell:
 
 def make_cells(name: str, configs: list[Any], seeds: int) -> list[Cell]:
     """Cells for every config x seed 0..seeds-1, configs resolved."""
-    check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1,
-          "--seeds", "an integer >= 1", seeds)
+    ok = isinstance(seeds, int) and not isinstance(seeds, bool)
+    check(ok and 1 <= seeds <= MAX_SEEDS, "--seeds", f"an integer in [1, {MAX_SEEDS}]",
+          seeds)
     return [Cell(name, flatten_json(cfg.resolve()), seed)
             for cfg in configs for seed in range(seeds)]
 
@@ -189,7 +196,7 @@ def run_cell(cell: Cell, progress=None) -> pd.DataFrame:
     """Compute one cell's rows (with the experiment and every config key as
     columns). Runs in this process or on a Dask worker."""
     experiment = registry.get(cell.experiment)
-    cfg = override(experiment.Config(), cell.config).resolve()
+    cfg = override(experiment.Config(), cell.config, parse=False).resolve()
     rows = pd.DataFrame(experiment.run_seed(cfg, cell.seed, progress=progress))
     rows.insert(0, "experiment", cell.experiment)
     for key, value in config_columns(cfg).items():
@@ -234,7 +241,8 @@ def run_cells(
 
     if backend == "local":
         fits = sum(registry.get(c.experiment).n_fits(
-            override(registry.get(c.experiment).Config(), c.config).resolve())
+            override(registry.get(c.experiment).Config(), c.config,
+                     parse=False).resolve())
             for c in todo)
         with tqdm(total=fits, desc=cells[0].experiment if cells else "", unit="fit",
                   disable=not show_progress, file=sys.stderr) as bar:

@@ -36,7 +36,7 @@ from experiments.runner import (
     run_cells,
     write_atomic,
 )
-from sim.config import ConfigError, dotted_leaves, check, override
+from sim.config import ConfigError, check, check_unique, dotted_leaves, override
 
 __all__ = ["Sweep", "load_sweep", "run_sweep"]
 
@@ -52,10 +52,12 @@ class Sweep:
 
     def configs(self) -> list[Any]:
         """The resolved config of every grid point, in grid order."""
-        base = override(registry.get(self.experiment).Config(), self.fixed)
+        base = override(registry.get(self.experiment).Config(), self.fixed,
+                        parse=False)
         keys = list(self.grid)
         points = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
-        return [override(base, dict(zip(keys, point))).resolve() for point in points]
+        return [override(base, dict(zip(keys, point)), parse=False).resolve()
+                for point in points]
 
     def identity(self) -> dict:
         return {"experiment": self.experiment,
@@ -85,6 +87,8 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, values in grid.items():
         ok = isinstance(values, list) and len(values) >= 1
         check(ok, f"grid.{key}", "a non-empty list of values", values)
+        check_unique(tuple(map(repr, values)), f"grid.{key}")
+        check(key not in fixed, f"grid.{key}", "a key not also in [set]", key)
     sweep = Sweep(data["experiment"], seeds, fixed, grid)
     sweep.configs()  # refuse unknown keys and bad values before any work
     return sweep

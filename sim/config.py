@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "check",
     "check_range",
+    "check_unique",
     "flatten",
     "override",
     "from_dict",
@@ -61,6 +62,15 @@ def check_range(
     check(ok, key, accepted, value)
 
 
+def check_unique(values: tuple, key: str) -> None:
+    """Refuse a list with a repeated entry (it would count one run twice)."""
+    seen = set()
+    for value in values:
+        check(value not in seen, key, "a list without repeated entries",
+              list(values))
+        seen.add(value)
+
+
 def _is_config(obj: Any) -> bool:
     return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
 
@@ -84,10 +94,10 @@ def _closest(key: str, valid: Iterable[str]) -> str:
     return match[0] if match else ""
 
 
-def _coerce(key: str, text: Any, current: Any) -> Any:
-    """Turn ``text`` (a string from the command line, or a TOML value) into the
-    type of ``current``, refusing what does not fit."""
-    if isinstance(text, str) and not isinstance(current, str):
+def _coerce(key: str, text: Any, current: Any, parse: bool = True) -> Any:
+    """Turn ``text`` (a string from the command line when ``parse``, or a TOML
+    value) into the type of ``current``, refusing what does not fit."""
+    if parse and isinstance(text, str) and not isinstance(current, str):
         try:
             text = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -116,13 +126,14 @@ def _coerce(key: str, text: Any, current: Any) -> Any:
             text = [t for t in text.split(",") if t.strip()]
         check(isinstance(text, (list, tuple)), key, "a list", text)
         kind = type(current[0]) if current else float
-        return tuple(_coerce(key, t, kind()) for t in text)
+        return tuple(_coerce(key, t, kind(), parse) for t in text)
     if current is None:
         return text
     raise ConfigError(f"{key}: cannot set a value of type {type(current).__name__}")
 
 
-def override(cfg: Any, values: dict[str, Any], _prefix: str = "") -> Any:
+def override(cfg: Any, values: dict[str, Any], _prefix: str = "",
+             parse: bool = True) -> Any:
     """Return a copy of ``cfg`` with dotted ``values`` set (strings are parsed
     as TOML values, so ``0.5``, ``true``, ``"a"`` and ``[1, 2]`` all work).
 
@@ -143,9 +154,9 @@ def override(cfg: Any, values: dict[str, Any], _prefix: str = "") -> Any:
         if rest:
             grouped.setdefault(head, {})[rest] = text
         else:
-            changes[head] = _coerce(_prefix + key, text, valid[key])
+            changes[head] = _coerce(_prefix + key, text, valid[key], parse)
     for head, sub in grouped.items():
-        changes[head] = override(getattr(cfg, head), sub, f"{_prefix}{head}.")
+        changes[head] = override(getattr(cfg, head), sub, f"{_prefix}{head}.", parse)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -160,8 +171,9 @@ def dotted_leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def from_dict(cfg: Any, data: dict[str, Any]) -> Any:
-    """Apply a nested mapping (as read from TOML) on top of ``cfg``."""
-    return override(cfg, dotted_leaves(data))
+    """Apply a nested mapping (as read from TOML) on top of ``cfg``; values
+    keep their TOML types (a quoted "150" is a string, not a number)."""
+    return override(cfg, dotted_leaves(data), parse=False)
 
 
 def _toml_value(value: Any) -> str:

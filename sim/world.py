@@ -37,8 +37,8 @@ MUSIC_MARGINAL = (0.526, 0.242, 0.144, 0.062, 0.026)
 
 def check_marginal(marginal: tuple[float, ...], key: str) -> None:
     """A marginal has at least two non-negative entries summing to 1."""
-    ok = isinstance(marginal, tuple) and len(marginal) >= 2
-    check(ok, key, "a list of at least 2 probabilities", marginal)
+    ok = isinstance(marginal, tuple) and len(marginal) == 5
+    check(ok, key, "a list of 5 probabilities (stars 1..5)", marginal)
     for p in marginal:
         check_range(p, key + " entries", 0.0, 1.0)
     total = float(sum(marginal))

@@ -158,3 +158,67 @@ def test_rerun_resumes_and_a_foreign_folder_is_refused(tiny_run, capsys):
     with pytest.raises(ConfigError, match="holds 'mnar-ratings' with another config"):
         run_experiment("mnar-ratings", tiny_config("selection.alpha=0.5"), 1, out,
                        show_progress=False)
+
+
+MORE_BAD = [
+    ("seeds-huge", ["--seeds", "100000000000"],
+     r"--seeds must be an integer in \[1, 100000\], got 100000000000"),
+    ("repeated-method", ["--set", 'methods=["mf-naive", "mf-naive"]'],
+     r"methods must be a list without repeated entries, got \['mf-naive', 'mf-naive'\]"),
+    ("workers-without-dask", ["--workers", "2"],
+     r"--workers and --scheduler need --backend dask, got --backend local"),
+    ("workers-negative", ["--backend", "dask", "--workers", "-2"],
+     r"--workers must be an integer >= 1, got -2"),
+    ("two-stars", ["--set", "world.marginal=[0.5, 0.5]"],
+     r"world.marginal must be a list of 5 probabilities \(stars 1..5\)"),
+]
+
+
+@pytest.mark.parametrize("args, message", [b[1:] for b in MORE_BAD],
+                         ids=[b[0] for b in MORE_BAD])
+def test_more_bad_runs_are_refused_before_any_work(args, message, tmp_path, capsys):
+    import re
+
+    out = tmp_path / "out"
+    assert main(["run", "mnar-ratings", "--out", str(out), "--no-progress",
+                 *args]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "afile"
+    path.write_text("x")
+    for out in (path, path / "sub"):
+        assert main(["run", "mnar-ratings", "--seeds", "1", "--out", str(out),
+                     *sum((["--set", s] for s in TINY), [])]) == 2
+        assert "--out must be a folder" in capsys.readouterr().err
+
+
+def test_a_quoted_number_in_a_config_file_is_a_string(tmp_path, capsys):
+    path = tmp_path / "cfg.toml"
+    path.write_text('[world]\nn_users = "150"\n')
+    assert main(["show", "mnar-ratings", "--config", str(path)]) == 2
+    assert "world.n_users must be an integer, got '150'" in capsys.readouterr().err
+
+
+def test_a_failed_first_cell_does_not_block_a_corrected_rerun(tmp_path):
+    out = tmp_path / "out"
+    bad = tiny_config("selection.alpha=0.5")
+    good = tiny_config()
+    import experiments.mnar_ratings as module
+
+    original = module.run_seed
+
+    def failing(cfg, seed, progress=None):
+        raise RuntimeError("boom")
+
+    module.run_seed = failing
+    try:
+        with pytest.raises(RuntimeError):
+            run_experiment("mnar-ratings", bad, 1, out, show_progress=False)
+    finally:
+        module.run_seed = original
+    assert (out / "study.json").exists() and not any((out / "cells").glob("*"))
+    rows = run_experiment("mnar-ratings", good, 1, out, show_progress=False)
+    assert len(rows) > 0

@@ -73,7 +73,12 @@ def test_implicit_objectives_rows_and_gap_closed(objective_rows):
 
 BAD = [
     ("eta-negative", "position-bias", ["etas=[1.0, -0.5]"],
-     r"etas must be a number >= 0.0, got -0.5"),
+     r"etas must be a number >= 0.0 and <= 30.0, got -0.5"),
+    ("eta-repeated", "position-bias", ["etas=[1.0, 1.0]"],
+     r"etas must be a list without repeated entries, got \[1.0, 1.0\]"),
+    ("eta-set-directly", "position-bias", ["examination.eta=2.0"],
+     r"examination.eta must be left at 1.0 \(each run sweeps `etas`; set etas "
+     r"instead\), got 2.0"),
     ("slate-too-long", "position-bias", ["world.n_items=8", "exposure.slate_size=10"],
      r"exposure.slate_size must be an integer in \[1, 8\] \(the catalogue size\), "
      r"got 10"),

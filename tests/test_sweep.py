@@ -123,6 +123,16 @@ BAD = [
      r"grid.selection.alpha must be a non-empty list of values, got 0.5"),
     ("seeds", 'experiment = "mnar-ratings"\nseeds = 0\n',
      r"seeds must be an integer >= 1, got 0"),
+    ("repeated-grid-value",
+     'experiment = "mnar-ratings"\n[grid]\n"selection.alpha" = [0.5, 0.5]\n',
+     r"grid.selection.alpha must be a list without repeated entries"),
+    ("grid-and-set",
+     'experiment = "mnar-ratings"\n[set]\n"selection.alpha" = 0.5\n'
+     '[grid]\n"selection.alpha" = [0.1, 0.2]\n',
+     r"grid.selection.alpha must be a key not also in \[set\]"),
+    ("swept-inside", 'experiment = "mnar-evaluation"\n[grid]\n"selection.alpha" = [0.1]\n',
+     r"selection.alpha must be left at 0.25 \(each run sweeps `alphas`; set alphas "
+     r"instead\), got 0.1"),
 ]
 
 
